@@ -1,0 +1,1 @@
+//! /dev/cachefiles on-demand protocol (see ../shared/notes/cachefiles-protocol.md).

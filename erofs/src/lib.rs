@@ -1,0 +1,12 @@
+//! EROFS on-disk format for metadata-only bootstraps whose file data lives in external blob
+//! devices, and the erofsd blob format those devices are stored in.
+//!
+//! One format library, thin tools on top (as erofs-utils' `lib/` serves mkfs, fsck and dump):
+//! * [`ondisk`] — the raw structures, byte-exact, with encode/decode;
+//! * [`tree`] — the in-memory tree builders fill;
+//! * [`writer`] — lays a tree out as a bootstrap;
+//! * [`reader`] — walks, stats and reads any image, validating every offset against its bounds;
+//! * [`blob`] — the stored blob format: groups, the group table, compression and checksums.
+
+pub mod blob;
+pub mod tree;

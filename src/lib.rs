@@ -1,0 +1,1 @@
+//! The erofsd daemon and tools, as a library so integration tests can drive them.
