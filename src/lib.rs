@@ -1,1 +1,3 @@
 //! The erofsd daemon and tools, as a library so integration tests can drive them.
+
+pub mod cmd;

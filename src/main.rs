@@ -1,3 +1,46 @@
-fn main() {
-    println!("erofsd");
+//! `erofsd`: one binary, one subcommand per job.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "erofsd", version, about = "Lazy-loading EROFS images served by the kernel")]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `erofsd=debug`.
+    #[arg(long, global = true, default_value = "info", env = "EROFSD_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
 }
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build an image (bootstrap + blobs) from a directory or OCI layer tars.
+    Build(erofsd::cmd::build::Args),
+    /// Print an image's superblock, blobs and tree.
+    Inspect(erofsd::cmd::inspect::Args),
+    /// Verify an image's every structure and, with blobs, every group.
+    Check(erofsd::cmd::check::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Build(args) => erofsd::cmd::build::run(args),
+        Command::Inspect(args) => erofsd::cmd::inspect::run(args),
+        Command::Check(args) => erofsd::cmd::check::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("erofsd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+

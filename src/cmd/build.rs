@@ -1,0 +1,8 @@
+//! `erofsd build` (being written).
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("erofsd build is being written")
+}

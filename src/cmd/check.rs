@@ -1,0 +1,8 @@
+//! `erofsd check` (being written).
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("erofsd check is being written")
+}

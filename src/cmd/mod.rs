@@ -1,0 +1,5 @@
+//! Thin command-line front ends; the work happens in the library modules they call.
+
+pub mod build;
+pub mod check;
+pub mod inspect;
