@@ -6,7 +6,15 @@
 //! * [`tree`] — the in-memory tree builders fill;
 //! * [`writer`] — lays a tree out as a bootstrap;
 //! * [`reader`] — walks, stats and reads any image, validating every offset against its bounds;
-//! * [`blob`] — the stored blob format: groups, the group table, compression and checksums.
+//! * [`blob`] — the stored blob format: groups, the group table, compression and checksums;
+//! * [`blobtable`] — the erofsd extension header and the on-disk blob/group tables.
 
 pub mod blob;
+pub mod blobtable;
+pub mod error;
+pub mod ondisk;
+pub mod reader;
 pub mod tree;
+pub mod writer;
+
+pub use error::{Error, Result};
