@@ -1,3 +1,4 @@
 //! The erofsd daemon and tools, as a library so integration tests can drive them.
 
 pub mod cmd;
+pub mod core;

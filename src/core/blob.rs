@@ -1,0 +1,104 @@
+//! One blob as the fill engine sees it: its record from the bootstrap, the map from
+//! uncompressed ranges to stored ranges, the source its bytes come from, and counters.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use erofs::blob::{BlobError, BlobRecord, GroupDecoder, GroupMap};
+
+use super::aligned::AlignedBuf;
+use super::source::SharedSource;
+
+/// Why a fill failed. Every variant ends as EIO for the reader; the text goes to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("blob {blob}: fetching stored bytes {start}..{end}: {source}")]
+    Source { blob: String, start: u64, end: u64, source: io::Error },
+    #[error("blob {blob}: {source}")]
+    Verify { blob: String, source: BlobError },
+    #[error("blob {blob}: writing the filled range into the cache: {source}")]
+    Write { blob: String, source: io::Error },
+    #[error("{0}")]
+    Other(String),
+}
+
+#[derive(Default, Debug)]
+pub struct BlobStats {
+    /// Stored (compressed) bytes received from the source.
+    pub stored_bytes: AtomicU64,
+    /// Groups fetched, verified and decoded.
+    pub groups: AtomicU64,
+    /// Source requests made (one per run of groups).
+    pub requests: AtomicU64,
+    /// Groups that failed to fetch or verify.
+    pub errors: AtomicU64,
+}
+
+pub struct Blob {
+    pub record: BlobRecord,
+    pub id: String,
+    pub map: GroupMap,
+    pub source: SharedSource,
+    pub stats: BlobStats,
+}
+
+impl Blob {
+    pub fn new(record: BlobRecord, source: SharedSource) -> Result<Arc<Blob>, BlobError> {
+        let map = GroupMap::new(&record)?;
+        let id = record.id_hex();
+        Ok(Arc::new(Blob { record, id, map, source, stats: BlobStats::default() }))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.record.uncompressed_size
+    }
+
+    /// Fetches groups `first..=last` with one source request, then decodes and verifies each.
+    /// Returns one page-aligned buffer per group, in order.
+    pub async fn fetch_groups(self: &Arc<Self>, first: u32, last: u32) -> Result<Vec<AlignedBuf>, FetchError> {
+        let stored_range = self.map.stored_range(first).start..self.map.stored_range(last).end;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let stored = self
+            .source
+            .read_range(&self.id, stored_range.start, stored_range.end - stored_range.start)
+            .await
+            .map_err(|source| {
+                self.stats.errors.fetch_add((last - first + 1) as u64, Ordering::Relaxed);
+                FetchError::Source { blob: self.id.clone(), start: stored_range.start, end: stored_range.end, source }
+            })?;
+        self.stats.stored_bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
+        let this = self.clone();
+        // Decompression and CRC are CPU work: keep them off the async workers.
+        tokio::task::spawn_blocking(move || this.decode_run(first, last, stored_range.start, &stored))
+            .await
+            .map_err(|e| FetchError::Other(format!("decode task failed: {e}")))?
+    }
+
+    fn decode_run(&self, first: u32, last: u32, base: u64, stored: &[u8]) -> Result<Vec<AlignedBuf>, FetchError> {
+        thread_local! {
+            static DECODER: std::cell::RefCell<Option<GroupDecoder>> = const { std::cell::RefCell::new(None) };
+        }
+        DECODER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(GroupDecoder::new().map_err(|e| FetchError::Other(format!("zstd context: {e}")))?);
+            }
+            let decoder = slot.as_mut().expect("decoder");
+            let mut out = Vec::with_capacity((last - first + 1) as usize);
+            for g in first..=last {
+                let sr = self.map.stored_range(g);
+                let piece = &stored[(sr.start - base) as usize..(sr.end - base) as usize];
+                let ur = self.map.group_range(g);
+                let mut buf = AlignedBuf::zeroed((ur.end - ur.start) as usize);
+                decoder.decode(g, &self.record.groups[g as usize], piece, &mut buf).map_err(|source| {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    FetchError::Verify { blob: self.id.clone(), source }
+                })?;
+                self.stats.groups.fetch_add(1, Ordering::Relaxed);
+                out.push(buf);
+            }
+            Ok(out)
+        })
+    }
+}

@@ -1,0 +1,16 @@
+//! The fetch core both kernel front-ends share. It knows blobs, groups, sources and targets;
+//! it knows nothing about /dev/cachefiles or fanotify.
+//!
+//! * [`source`] — where stored blob bytes come from (a local directory; a registry later);
+//! * [`blob`] — one blob: record, group map, source, fetch-verify-decode of a group run;
+//! * [`fill`] — make a range of a target hold verified data, single-flight per group;
+//! * [`readiness`] — which groups a target already holds, rebuilt from the file itself;
+//! * [`writer`] — io_uring (or pwrite) writes into targets;
+//! * [`aligned`] — page-aligned buffers (cachefiles writes with O_DIRECT).
+
+pub mod aligned;
+pub mod blob;
+pub mod fill;
+pub mod readiness;
+pub mod source;
+pub mod writer;
