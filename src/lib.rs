@@ -1,4 +1,5 @@
 //! The erofsd daemon and tools, as a library so integration tests can drive them.
 
+pub mod build;
 pub mod cmd;
 pub mod core;
