@@ -77,7 +77,7 @@ done
 # A tree with edge cases for chunked EROFS: empty, sub-page, page-sized, chunk-sized and
 # chunk-crossing files, a multi-MiB file, a sparse file, many small files, deep dirs, a symlink.
 make_inputs() {
-    local in="$1" tree="$1/../tree"
+    local in="$1" tree="$2"
     rm -rf "$in" "$tree"; mkdir -p "$in" "$tree"
     (
         cd "$tree"
@@ -91,7 +91,7 @@ make_inputs() {
         truncate -s 1M sparse.bin
         mkdir -p dir/a/b/c dir/many
         echo "deep" >dir/a/b/c/deep.txt
-        for i in $(seq -w 0 99); do head -c $((i * 37 + 1)) /dev/urandom >"dir/many/file-$i"; done
+        for i in $(seq -w 0 99); do head -c $((10#$i * 37 + 1)) /dev/urandom >"dir/many/file-$i"; done
         ln -s small.txt link-to-small
     )
     mkfs.erofs --chunksize=65536 --blobdev="$in/blob1" "$in/boot1.img" "$tree" >"$in/mkfs.log" 2>&1 \
@@ -114,7 +114,7 @@ run_kernel() {
     echo "   kernel step: $((SECONDS - t0)) s"
 
     rm -rf "$work"; mkdir -p "$work/data/in" "$work/data/cache" "$work/data/results" "$work/initramfs"
-    make_inputs "$work/data/in"
+    make_inputs "$work/data/in" "$work/tree"
 
     # Data disk: inputs in, results out; the cachefiles cache dir must be on ext4.
     local disk="$work/disk.img"
