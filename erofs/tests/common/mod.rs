@@ -260,3 +260,154 @@ pub fn sample_tree() -> (Tree, Blobs, Vec<Expect>) {
 
     (t, blobs, expect)
 }
+
+/// Reads device `dev` (1-based) from in-memory blob contents.
+pub fn fetch_from(contents: &[Vec<u8>]) -> impl FnMut(u16, u64, &mut [u8]) -> std::io::Result<()> + '_ {
+    move |dev, off, buf| {
+        let b = contents
+            .get(dev as usize - 1)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no device {dev}")))?;
+        let end = off as usize + buf.len();
+        if end > b.len() {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("device {dev} read {off}+{} beyond {}", buf.len(), b.len())));
+        }
+        buf.copy_from_slice(&b[off as usize..end]);
+        Ok(())
+    }
+}
+
+/// Compares everything the reader reports about `img` with the tree it was written from:
+/// the set of paths, kinds, modes, owners, times, sizes, link counts, hard-link identity,
+/// xattrs, link targets, device numbers, `.`/`..`, and every regular file's bytes.
+pub fn assert_image_matches_tree<T: AsRef<[u8]>>(img: &erofs::reader::Image<T>, tree: &Tree, contents: &[Vec<u8>], build_time: (i64, u32)) {
+    use erofs::reader::FileKind;
+    use std::collections::HashMap;
+    // Expected: path → node, in the tree.
+    let mut want: BTreeMap<Vec<u8>, (NodeId, NodeId)> = BTreeMap::new(); // path → (node, parent)
+    let mut links: HashMap<NodeId, u32> = HashMap::new();
+    let mut stack = vec![(Vec::new(), Tree::ROOT, Tree::ROOT)];
+    while let Some((path, id, parent)) = stack.pop() {
+        want.insert(path.clone(), (id, parent));
+        if let Some(children) = tree.children(id) {
+            for (name, &c) in children {
+                *links.entry(c).or_default() += 1;
+                let mut p = path.clone();
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(name);
+                stack.push((p, c, id));
+            }
+        }
+    }
+    // Seen: path → inode, from the image.
+    let mut seen: BTreeMap<Vec<u8>, erofs::reader::Inode> = BTreeMap::new();
+    img.walk(&mut |e| {
+        seen.insert(e.path.to_vec(), e.inode.clone());
+        Ok(())
+    })
+    .expect("walk");
+    assert_eq!(seen.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "paths differ");
+    let mut nid_of_node: HashMap<NodeId, u64> = HashMap::new();
+    let mut fetch = fetch_from(contents);
+    for (path, ino) in &seen {
+        let (id, parent) = want[path];
+        let node = tree.node(id);
+        let p = String::from_utf8_lossy(path);
+        if let Some(prev) = nid_of_node.insert(id, ino.nid) {
+            assert_eq!(prev, ino.nid, "{p}: hard link resolves to another nid");
+        }
+        let m = &node.meta;
+        assert_eq!(ino.mode as u32, m.mode, "{p}: mode");
+        assert_eq!((ino.uid, ino.gid), (m.uid, m.gid), "{p}: owner");
+        if ino.extended {
+            assert_eq!((ino.mtime, ino.mtime_nsec), (m.mtime, m.mtime_nsec), "{p}: mtime");
+        } else {
+            assert_eq!((m.mtime, m.mtime_nsec), build_time, "{p}: compact inode but mtime differs from build time");
+        }
+        let mut got_x = img.xattrs(ino).expect("xattrs");
+        let mut want_x = node.xattrs.clone();
+        got_x.sort();
+        want_x.sort();
+        assert_eq!(got_x, want_x, "{p}: xattrs");
+        match &node.kind {
+            Kind::Dir { children } => {
+                assert_eq!(ino.kind, FileKind::Dir, "{p}");
+                let subdirs = children.values().filter(|c| matches!(tree.node(**c).kind, Kind::Dir { .. })).count() as u32;
+                assert_eq!(ino.nlink, 2 + subdirs, "{p}: dir nlink");
+                let ents = img.readdir(ino).expect("readdir");
+                let mut names: Vec<Vec<u8>> = children.keys().cloned().collect();
+                names.push(b".".to_vec());
+                names.push(b"..".to_vec());
+                names.sort();
+                assert_eq!(ents.iter().map(|e| e.name.clone()).collect::<Vec<_>>(), names, "{p}: entries");
+                let dot = ents.iter().find(|e| e.name == b".").unwrap();
+                assert_eq!(dot.nid, ino.nid, "{p}: '.'");
+                let dotdot = ents.iter().find(|e| e.name == b"..").unwrap();
+                let parent_path = want.iter().find(|(_, v)| v.0 == parent).unwrap().0;
+                assert_eq!(dotdot.nid, seen[parent_path].nid, "{p}: '..'");
+                for e in &ents {
+                    let child = img.inode(e.nid).unwrap();
+                    let ft = match child.kind {
+                        FileKind::File => 1,
+                        FileKind::Dir => 2,
+                        FileKind::CharDev => 3,
+                        FileKind::BlockDev => 4,
+                        FileKind::Fifo => 5,
+                        FileKind::Socket => 6,
+                        FileKind::Symlink => 7,
+                    };
+                    assert_eq!(e.file_type, ft, "{p}: file type of {:?}", String::from_utf8_lossy(&e.name));
+                }
+            }
+            Kind::File { size, data } => {
+                assert_eq!(ino.kind, FileKind::File, "{p}");
+                assert_eq!(ino.size, *size, "{p}: size");
+                assert_eq!(ino.nlink, links[&id], "{p}: nlink");
+                let mut buf = vec![0u8; *size as usize];
+                let n = img.read_file(ino, 0, &mut buf, &mut fetch).expect("read_file");
+                assert_eq!(n as u64, *size);
+                match data {
+                    FileData::Inline(bytes) => assert_eq!(&buf, bytes, "{p}: content"),
+                    FileData::Chunks { chunk_bits, chunks } => {
+                        assert_eq!(ino.chunk_bits(), Some(*chunk_bits).filter(|_| *size > 0), "{p}: chunk bits");
+                        let cs = 1usize << chunk_bits;
+                        for (i, c) in chunks.iter().enumerate() {
+                            let piece = &buf[i * cs..((i + 1) * cs).min(buf.len())];
+                            if c.is_hole() {
+                                assert!(piece.iter().all(|&b| b == 0), "{p}: hole {i} not zero");
+                            } else {
+                                let blob = &contents[c.device as usize - 1];
+                                let at = c.blkaddr as usize * 4096;
+                                assert_eq!(piece, &blob[at..at + piece.len()], "{p}: chunk {i}");
+                            }
+                        }
+                    }
+                }
+            }
+            Kind::Symlink { target } => {
+                assert_eq!(ino.kind, FileKind::Symlink);
+                assert_eq!(&img.readlink(ino).unwrap(), target, "{p}: target");
+                assert_eq!(ino.nlink, links[&id]);
+            }
+            Kind::CharDev { major, minor } => {
+                assert_eq!(ino.kind, FileKind::CharDev);
+                assert_eq!(ino.rdev(), (*major, *minor), "{p}: rdev");
+            }
+            Kind::BlockDev { major, minor } => {
+                assert_eq!(ino.kind, FileKind::BlockDev);
+                assert_eq!(ino.rdev(), (*major, *minor), "{p}: rdev");
+            }
+            Kind::Fifo => assert_eq!(ino.kind, FileKind::Fifo),
+            Kind::Socket => assert_eq!(ino.kind, FileKind::Socket),
+        }
+    }
+}
+
+/// Writes a tree to bytes.
+pub fn write(tree: &Tree, blobs: &[BlobRecord], build_time: i64) -> Vec<u8> {
+    let opts = erofs::writer::WriteOptions { build_time: build_time as u64, ..Default::default() };
+    let mut out = Vec::new();
+    erofs::writer::write_bootstrap(tree, blobs, &opts, &mut out).expect("write_bootstrap");
+    out
+}
