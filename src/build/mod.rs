@@ -11,6 +11,7 @@
 //! blobs this run created are removed again if the build fails.
 
 pub mod blobwriter;
+pub mod check;
 pub mod chunks;
 pub mod dirsource;
 pub mod layer;
