@@ -3,3 +3,5 @@
 pub mod build;
 pub mod cmd;
 pub mod core;
+pub mod daemon;
+pub mod frontend;

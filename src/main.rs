@@ -22,6 +22,12 @@ enum Command {
     Inspect(erofsd::cmd::inspect::Args),
     /// Verify an image's every structure and, with blobs, every group.
     Check(erofsd::cmd::check::Args),
+    /// Serve images to the kernel through cachefiles or fanotify.
+    Daemon(erofsd::cmd::daemon::Args),
+    /// Ask the running daemon to mount an image.
+    Mount(erofsd::cmd::mount::MountArgs),
+    /// Ask the running daemon to unmount an image it serves.
+    Umount(erofsd::cmd::mount::UmountArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +40,9 @@ fn main() -> ExitCode {
         Command::Build(args) => erofsd::cmd::build::run(args),
         Command::Inspect(args) => erofsd::cmd::inspect::run(args),
         Command::Check(args) => erofsd::cmd::check::run(args),
+        Command::Daemon(args) => erofsd::cmd::daemon::run(args),
+        Command::Mount(args) => erofsd::cmd::mount::mount(args),
+        Command::Umount(args) => erofsd::cmd::mount::umount(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,4 +2,6 @@
 
 pub mod build;
 pub mod check;
+pub mod daemon;
 pub mod inspect;
+pub mod mount;

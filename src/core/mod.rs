@@ -3,6 +3,7 @@
 //!
 //! * [`source`] — where stored blob bytes come from (a local directory; a registry later);
 //! * [`blob`] — one blob: record, group map, source, fetch-verify-decode of a group run;
+//! * [`images`] — loaded images and the blobs they share;
 //! * [`fill`] — make a range of a target hold verified data, single-flight per group;
 //! * [`readiness`] — which groups a target already holds, rebuilt from the file itself;
 //! * [`writer`] — io_uring (or pwrite) writes into targets;
@@ -11,6 +12,7 @@
 pub mod aligned;
 pub mod blob;
 pub mod fill;
+pub mod images;
 pub mod readiness;
 pub mod source;
 pub mod writer;

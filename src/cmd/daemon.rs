@@ -1,0 +1,53 @@
+//! `erofsd daemon`: serve images to the kernel.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::daemon::config::Config;
+use crate::daemon::{make_filler, serve, Daemon};
+use crate::frontend::{self, FrontendKind};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// TOML file with daemon settings; flags given here win over it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Kernel front-end.
+    #[arg(long, value_enum)]
+    pub frontend: Option<FrontendKind>,
+    /// Directory for cache objects and state [default: /var/cache/erofsd].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Control socket [default: /run/erofsd/api.sock].
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
+}
+
+pub fn resolve_config(args: &Args) -> Result<Config> {
+    let mut config = match &args.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(f) = args.frontend {
+        config.frontend = f;
+    }
+    if let Some(d) = &args.cache_dir {
+        config.cache_dir = d.clone();
+    }
+    if let Some(s) = &args.api_socket {
+        config.api_socket = s.clone();
+    }
+    Ok(config)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let config = resolve_config(&args)?;
+    std::fs::create_dir_all(&config.cache_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("erofsd").build()?;
+    rt.block_on(async move {
+        let filler = make_filler(&config);
+        let fe = frontend::start(config.frontend, &config, filler.clone())?;
+        serve(Daemon::new(config, filler, fe)).await
+    })
+}

@@ -1,0 +1,101 @@
+//! Images and the blobs they share.
+//!
+//! An image is what `erofsd build` writes: `image.boot` plus `blobs/`. Loading one parses and
+//! validates the bootstrap and resolves each device-table slot to a [`Blob`]. Blobs are shared:
+//! two images naming the same blob id get the same `Arc<Blob>` (one set of counters, and in a
+//! shared cachefiles domain one cache object).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::blob::Blob;
+use super::source::{LocalDirSource, SharedSource};
+
+/// A loaded, validated image.
+pub struct Image {
+    /// sha256 of the bootstrap, hex: a content-derived name (default fsid).
+    pub id: String,
+    pub bootstrap_path: PathBuf,
+    /// The whole bootstrap; it is small and every front-end serves it whole.
+    pub bootstrap: Arc<Vec<u8>>,
+    /// Blob per device slot, in device-table order (slot k = device id k + 1).
+    pub blobs: Vec<Arc<Blob>>,
+}
+
+impl Image {
+    pub fn blob_by_tag(&self, tag: &str) -> Option<&Arc<Blob>> {
+        self.blobs.iter().find(|b| b.id == tag)
+    }
+}
+
+/// Upper bound on a bootstrap we load into memory (a 4 GB image's metadata is a few MB).
+pub const MAX_BOOTSTRAP: u64 = 1 << 30;
+
+#[derive(Default)]
+pub struct ImageStore {
+    blobs: Mutex<HashMap<String, Weak<Blob>>>,
+}
+
+impl ImageStore {
+    pub fn new() -> ImageStore {
+        ImageStore::default()
+    }
+
+    /// Loads an image directory (or a bootstrap file whose blobs are in `blob_dir`).
+    pub fn load_dir(&self, image: &Path) -> Result<Arc<Image>> {
+        let (boot, blob_dir) = if image.is_dir() {
+            (image.join("image.boot"), image.join("blobs"))
+        } else {
+            (image.to_path_buf(), image.parent().unwrap_or(Path::new(".")).join("blobs"))
+        };
+        let source: SharedSource = Arc::new(LocalDirSource::new(&blob_dir));
+        self.load(&boot, source)
+    }
+
+    /// Loads the bootstrap at `boot`, taking blob bytes from `source`.
+    pub fn load(&self, boot: &Path, source: SharedSource) -> Result<Arc<Image>> {
+        let meta = std::fs::metadata(boot).with_context(|| format!("image bootstrap {}", boot.display()))?;
+        if meta.len() > MAX_BOOTSTRAP {
+            bail!("bootstrap {} is {} bytes, over the {} limit", boot.display(), meta.len(), MAX_BOOTSTRAP);
+        }
+        let bytes = std::fs::read(boot).with_context(|| format!("reading {}", boot.display()))?;
+        self.from_bytes(boot, bytes, source)
+    }
+
+    pub fn from_bytes(&self, boot: &Path, bytes: Vec<u8>, source: SharedSource) -> Result<Arc<Image>> {
+        let id = hex::encode(Sha256::digest(&bytes));
+        let reader = erofs::reader::Image::open(&bytes[..]).with_context(|| format!("bootstrap {}", boot.display()))?;
+        let Some(records) = reader.blobs() else {
+            if reader.devices().is_empty() {
+                return Ok(Arc::new(Image { id, bootstrap_path: boot.into(), bootstrap: Arc::new(bytes), blobs: Vec::new() }));
+            }
+            bail!(
+                "bootstrap {} has {} blob devices but no erofsd blob table (not built by `erofsd build`)",
+                boot.display(),
+                reader.devices().len()
+            );
+        };
+        let mut blobs = Vec::with_capacity(records.len());
+        let mut shared = self.blobs.lock().expect("blob map lock");
+        shared.retain(|_, w| w.strong_count() > 0);
+        for rec in records {
+            let hex = rec.id_hex();
+            let blob = match shared.get(&hex).and_then(Weak::upgrade) {
+                Some(b) if b.record == *rec => b,
+                Some(_) => bail!("blob {hex} is described differently by two loaded bootstraps"),
+                None => {
+                    let b = Blob::new(rec.clone(), source.clone()).with_context(|| format!("blob {hex}"))?;
+                    shared.insert(hex, Arc::downgrade(&b));
+                    b
+                }
+            };
+            blobs.push(blob);
+        }
+        drop(shared);
+        Ok(Arc::new(Image { id, bootstrap_path: boot.into(), bootstrap: Arc::new(bytes), blobs }))
+    }
+}

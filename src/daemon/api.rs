@@ -1,0 +1,127 @@
+//! The daemon's control API: HTTP/1.1 with JSON bodies over a unix socket (root only, 0600).
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | GET | /api/v1/daemon | – | state, version, front-end |
+//! | GET | /api/v1/mounts | – | the mounts served |
+//! | POST | /api/v1/mounts | [`MountRequest`] | [`MountInfo`] |
+//! | DELETE | /api/v1/mounts | `{"mountpoint": …}` | 204 |
+//! | GET | /api/v1/metrics | – | per-blob fetch counters and front-end counters |
+//!
+//! Errors are `{"code": …, "message": …}` with a 4xx/5xx status.
+
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+use tracing::{info, warn};
+
+use super::Daemon;
+use crate::frontend::MountRequest;
+
+#[derive(Serialize, Deserialize)]
+pub struct UmountRequest {
+    pub mountpoint: PathBuf,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+}
+
+/// Binds the socket (replacing a stale one), restricted to its owner.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        // A live daemon answers; a stale socket from a crash does not and is replaced.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another daemon is already serving {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("api accept: {e}");
+                continue;
+            }
+        };
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(daemon.clone(), req));
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+                warn!("api connection: {e}");
+            }
+        });
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("response")
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Full<Bytes>> {
+    json(status, &ApiError { code: code.into(), message: message.into() })
+}
+
+async fn body_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Response<Full<Bytes>>> {
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_body", e.to_string()))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))
+}
+
+async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = match (method, path.as_str()) {
+        (Method::GET, "/api/v1/daemon") => json(StatusCode::OK, &daemon.info()),
+        (Method::GET, "/api/v1/mounts") => json(StatusCode::OK, &daemon.mounts()),
+        (Method::GET, "/api/v1/metrics") => json(StatusCode::OK, &daemon.metrics()),
+        (Method::POST, "/api/v1/mounts") => match body_json::<MountRequest>(req).await {
+            Err(r) => r,
+            Ok(m) => match daemon.mount(m).await {
+                Ok(info) => {
+                    info!("mounted {} at {}", info.image.display(), info.mountpoint.display());
+                    json(StatusCode::OK, &info)
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, "mount_failed", format!("{e:#}")),
+            },
+        },
+        (Method::DELETE, "/api/v1/mounts") => match body_json::<UmountRequest>(req).await {
+            Err(r) => r,
+            Ok(u) => match daemon.umount(&u.mountpoint).await {
+                Ok(()) => Response::builder().status(StatusCode::NO_CONTENT).body(Full::new(Bytes::new())).expect("204"),
+                Err(e) => error(StatusCode::BAD_REQUEST, "umount_failed", format!("{e:#}")),
+            },
+        },
+        (_, p) => error(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {p}")),
+    };
+    Ok(resp)
+}

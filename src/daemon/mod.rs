@@ -1,0 +1,133 @@
+//! The daemon: one fetch core, one kernel front-end, one control socket.
+//!
+//! [`run`] loads the configuration, starts the chosen front-end, serves the API until SIGTERM
+//! or SIGINT, then shuts the front-end down (which unmounts what it mounted) before exiting.
+
+pub mod api;
+pub mod client;
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tracing::info;
+
+use crate::core::fill::Filler;
+use crate::core::images::ImageStore;
+use crate::core::writer::Writer;
+use crate::frontend::{mount_key, Frontend, MountInfo, MountRequest};
+use config::Config;
+
+/// The daemon's shared state, handed to the API and the front-end.
+pub struct Daemon {
+    pub config: Config,
+    pub images: ImageStore,
+    pub filler: Filler,
+    pub frontend: Arc<dyn Frontend>,
+    mounts: Mutex<BTreeMap<PathBuf, (MountInfo, Arc<crate::core::images::Image>)>>,
+}
+
+#[derive(Serialize)]
+pub struct DaemonInfo {
+    pub version: &'static str,
+    pub state: &'static str,
+    pub frontend: &'static str,
+    pub cache_dir: PathBuf,
+    pub mounts: usize,
+}
+
+impl Daemon {
+    pub fn new(config: Config, filler: Filler, frontend: Arc<dyn Frontend>) -> Arc<Daemon> {
+        Arc::new(Daemon { config, images: ImageStore::new(), filler, frontend, mounts: Mutex::new(BTreeMap::new()) })
+    }
+
+    pub fn info(&self) -> DaemonInfo {
+        DaemonInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            state: "RUNNING",
+            frontend: self.frontend.name(),
+            cache_dir: self.config.cache_dir.clone(),
+            mounts: self.mounts.lock().expect("mounts").len(),
+        }
+    }
+
+    pub fn mounts(&self) -> Vec<MountInfo> {
+        self.mounts.lock().expect("mounts").values().map(|(m, _)| m.clone()).collect()
+    }
+
+    pub async fn mount(&self, mut req: MountRequest) -> Result<MountInfo> {
+        if !req.mountpoint.is_dir() {
+            bail!("mountpoint {} is not a directory", req.mountpoint.display());
+        }
+        req.mountpoint = mount_key(&req.mountpoint);
+        if self.mounts.lock().expect("mounts").contains_key(&req.mountpoint) {
+            bail!("{} is already served by this daemon", req.mountpoint.display());
+        }
+        let image = self.images.load_dir(&req.image).with_context(|| format!("loading image {}", req.image.display()))?;
+        let info = self.frontend.mount(image.clone(), req).await?;
+        self.mounts.lock().expect("mounts").insert(info.mountpoint.clone(), (info.clone(), image));
+        Ok(info)
+    }
+
+    pub async fn umount(&self, mountpoint: &Path) -> Result<()> {
+        let key = mount_key(mountpoint);
+        if !self.mounts.lock().expect("mounts").contains_key(&key) {
+            bail!("{} is not served by this daemon", mountpoint.display());
+        }
+        self.frontend.umount(key.clone()).await?;
+        self.mounts.lock().expect("mounts").remove(&key);
+        Ok(())
+    }
+
+    pub fn metrics(&self) -> serde_json::Value {
+        let mounts = self.mounts.lock().expect("mounts");
+        let mut blobs = serde_json::Map::new();
+        for (_, image) in mounts.values() {
+            for b in &image.blobs {
+                blobs.insert(
+                    b.id.clone(),
+                    serde_json::json!({
+                        "stored_bytes": b.stats.stored_bytes.load(Ordering::Relaxed),
+                        "groups": b.stats.groups.load(Ordering::Relaxed),
+                        "requests": b.stats.requests.load(Ordering::Relaxed),
+                        "errors": b.stats.errors.load(Ordering::Relaxed),
+                        "uncompressed_size": b.size(),
+                        "stored_size": b.record.stored_size,
+                    }),
+                );
+            }
+        }
+        serde_json::json!({ "blobs": blobs, "frontend": self.frontend.metrics() })
+    }
+}
+
+/// Serves until SIGTERM/SIGINT, then shuts the front-end down.
+pub async fn serve(daemon: Arc<Daemon>) -> Result<()> {
+    let listener = api::bind(&daemon.config.api_socket)?;
+    info!(
+        "erofsd {} serving with the {} front-end; api {}; cache {}",
+        env!("CARGO_PKG_VERSION"),
+        daemon.frontend.name(),
+        daemon.config.api_socket.display(),
+        daemon.config.cache_dir.display()
+    );
+    let api = tokio::spawn(api::serve(listener, daemon.clone()));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    }
+    api.abort();
+    daemon.frontend.shutdown().await;
+    let _ = std::fs::remove_file(&daemon.config.api_socket);
+    Ok(())
+}
+
+/// A writer and filler with the configured limits.
+pub fn make_filler(config: &Config) -> Filler {
+    Filler::new(Writer::start(), config.max_concurrent_fetches)
+}

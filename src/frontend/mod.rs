@@ -1,0 +1,109 @@
+//! Kernel front-ends: the two doors through which the kernel asks for blob data.
+//!
+//! Each front-end turns kernel requests (cachefiles READ messages, fanotify pre-access events)
+//! into [`crate::core::fill::Filler::fill`] calls and answers the kernel. Everything else —
+//! images, blobs, sources, verification — is the core's.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::core::images::Image;
+use crate::core::source::BoxFuture;
+
+/// What `erofsd mount` asks the daemon for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MountRequest {
+    /// An image directory (`image.boot` + `blobs/`) or a bootstrap file.
+    pub image: PathBuf,
+    pub mountpoint: PathBuf,
+    /// cachefiles `fsid=`; defaults to the image id (sha256 of the bootstrap).
+    #[serde(default)]
+    pub fsid: Option<String>,
+    /// cachefiles `domain_id=`: images in one domain share blob cache objects.
+    #[serde(default)]
+    pub domain_id: Option<String>,
+}
+
+/// A mount the daemon serves.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountInfo {
+    pub mountpoint: PathBuf,
+    pub image: PathBuf,
+    pub image_id: String,
+    pub fsid: String,
+    pub domain_id: Option<String>,
+    pub frontend: String,
+}
+
+pub trait Frontend: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// Mounts `image` at `req.mountpoint` and serves it until [`Frontend::umount`].
+    fn mount(&self, image: Arc<Image>, req: MountRequest) -> BoxFuture<'_, Result<MountInfo>>;
+
+    /// Unmounts a mount this front-end made and releases what only it used.
+    fn umount(&self, mountpoint: PathBuf) -> BoxFuture<'_, Result<()>>;
+
+    /// Stops serving: every mount is unmounted before the kernel channel closes, so no reader
+    /// can be left facing unfilled ranges.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+
+    /// Front-end counters for `GET /api/v1/metrics` (requests seen, served, failed, …).
+    fn metrics(&self) -> serde_json::Value;
+}
+
+/// Which front-end to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FrontendKind {
+    /// fanotify where this kernel supports it, else cachefiles.
+    Auto,
+    Cachefiles,
+    Fanotify,
+}
+
+/// Canonical mountpoint key (mounts are looked up by the path the user gave, made absolute).
+pub fn mount_key(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+pub mod cachefiles;
+pub mod fanotify;
+
+/// What `erofsd doctor` and `--frontend auto` learn about one front-end.
+#[derive(Clone, Debug, Serialize)]
+pub struct Support {
+    pub usable: bool,
+    /// Plain-language findings: what is present, what is missing and how to get it.
+    pub details: Vec<String>,
+}
+
+/// Starts the front-end `kind` names; `Auto` takes fanotify where usable, else cachefiles.
+pub fn start(
+    kind: FrontendKind,
+    config: &crate::daemon::config::Config,
+    filler: crate::core::fill::Filler,
+) -> Result<Arc<dyn Frontend>> {
+    match kind {
+        FrontendKind::Cachefiles => cachefiles::start(config, filler),
+        FrontendKind::Fanotify => fanotify::start(config, filler),
+        FrontendKind::Auto => {
+            let fan = fanotify::probe();
+            if fan.usable {
+                return fanotify::start(config, filler);
+            }
+            let cf = cachefiles::probe();
+            if cf.usable {
+                return cachefiles::start(config, filler);
+            }
+            anyhow::bail!(
+                "no kernel front-end is usable here (run `erofsd doctor`):\n  fanotify: {}\n  cachefiles: {}",
+                fan.details.join("; "),
+                cf.details.join("; ")
+            )
+        }
+    }
+}
