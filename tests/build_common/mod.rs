@@ -157,3 +157,110 @@ pub fn text(n: usize, seed: u64) -> Vec<u8> {
     s.truncate(n);
     s
 }
+
+/// Builds layer tars entry by entry (GNU headers, long names handled by the tar crate).
+pub struct TarMaker {
+    pub b: tar::Builder<Vec<u8>>,
+}
+
+impl Default for TarMaker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TarMaker {
+    pub fn new() -> TarMaker {
+        TarMaker { b: tar::Builder::new(Vec::new()) }
+    }
+
+    fn header(kind: tar::EntryType, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(0);
+        h
+    }
+
+    pub fn pax(&mut self, recs: &[(&str, &[u8])]) -> &mut Self {
+        self.b.append_pax_extensions(recs.iter().map(|(k, v)| (*k, *v))).unwrap();
+        self
+    }
+
+    pub fn file(&mut self, path: &str, data: &[u8]) -> &mut Self {
+        self.file_mode(path, data, 0o644, 0, 0)
+    }
+
+    pub fn file_mode(&mut self, path: &str, data: &[u8], mode: u32, uid: u64, gid: u64) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_size(data.len() as u64);
+        self.b.append_data(&mut h, path, data).unwrap();
+        self
+    }
+
+    pub fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Directory, mode);
+        self.b.append_data(&mut h, path, &[][..]).unwrap();
+        self
+    }
+
+    pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Symlink, 0o777);
+        self.b.append_link(&mut h, path, target).unwrap();
+        self
+    }
+
+    pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Link, 0o644);
+        self.b.append_link(&mut h, path, target).unwrap();
+        self
+    }
+
+    pub fn dev(&mut self, path: &str, kind: tar::EntryType, major: u32, minor: u32) -> &mut Self {
+        let mut h = Self::header(kind, 0o660);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        self.b.append_data(&mut h, path, &[][..]).unwrap();
+        self
+    }
+
+    /// An entry whose name field is written byte for byte, bypassing the tar crate's path
+    /// checks (for hostile names: `..`, absolute paths, NUL bytes). At most 100 bytes.
+    pub fn raw(&mut self, name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8]) -> &mut Self {
+        let mut h = Self::header(kind, 0o644);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        self.b.append(&h, data).unwrap();
+        self
+    }
+
+    pub fn finish(&mut self) -> Vec<u8> {
+        let b = std::mem::replace(&mut self.b, tar::Builder::new(Vec::new()));
+        b.into_inner().unwrap()
+    }
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::bulk::compress(data, 3).unwrap()
+}
+
+/// Writes `tar` to `dir/name` and returns a tar source for it.
+pub fn tar_source(dir: &Path, name: &str, tar: &[u8]) -> erofsd::build::Source {
+    let p = dir.join(name);
+    std::fs::write(&p, tar).unwrap();
+    erofsd::build::Source::Tar(p)
+}
