@@ -28,6 +28,10 @@ enum Command {
     Mount(erofsd::cmd::mount::MountArgs),
     /// Ask the running daemon to unmount an image it serves.
     Umount(erofsd::cmd::mount::UmountArgs),
+    /// Show the running daemon's state, mounts or metrics.
+    Status(erofsd::cmd::status::Args),
+    /// Which kernel front-ends this machine supports, and what is missing.
+    Doctor(erofsd::cmd::doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,8 @@ fn main() -> ExitCode {
         Command::Daemon(args) => erofsd::cmd::daemon::run(args),
         Command::Mount(args) => erofsd::cmd::mount::mount(args),
         Command::Umount(args) => erofsd::cmd::mount::umount(args),
+        Command::Status(args) => erofsd::cmd::status::run(args),
+        Command::Doctor(args) => erofsd::cmd::doctor::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::daemon::config::Config;
+use crate::daemon::supervisor;
 use crate::daemon::{make_filler, serve, Daemon};
 use crate::frontend::{self, FrontendKind};
 
@@ -22,6 +23,10 @@ pub struct Args {
     /// Control socket [default: /run/erofsd/api.sock].
     #[arg(long)]
     pub api_socket: Option<PathBuf>,
+    /// Run the daemon as a child of a small supervisor that keeps its kernel channels
+    /// (/dev/cachefiles, the fanotify group) open and restarts it if it crashes.
+    #[arg(long)]
+    pub supervise: bool,
 }
 
 pub fn resolve_config(args: &Args) -> Result<Config> {
@@ -42,6 +47,13 @@ pub fn resolve_config(args: &Args) -> Result<Config> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.supervise && std::env::var_os(supervisor::SUPERVISOR_FD_ENV).is_none() {
+        let exe = std::env::current_exe()?;
+        let child_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).filter(|a| a != "--supervise").collect();
+        let code = supervisor::run(&exe, &child_args)?;
+        std::process::exit(code);
+    }
+    raise_nofile_limit();
     let config = resolve_config(&args)?;
     std::fs::create_dir_all(&config.cache_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("erofsd").build()?;
@@ -50,4 +62,16 @@ pub fn run(args: Args) -> Result<()> {
         let fe = frontend::start(config.frontend, &config, filler.clone())?;
         serve(Daemon::new(config, filler, fe)).await
     })
+}
+
+/// One fd per open cache object (cachefiles) or watched blob: lift the soft limit to the hard one.
+fn raise_nofile_limit() {
+    // SAFETY: get/setrlimit on a valid struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
 }

@@ -3,5 +3,7 @@
 pub mod build;
 pub mod check;
 pub mod daemon;
+pub mod doctor;
 pub mod inspect;
 pub mod mount;
+pub mod status;

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod supervisor;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,8 @@ pub struct DaemonInfo {
 
 impl Daemon {
     pub fn new(config: Config, filler: Filler, frontend: Arc<dyn Frontend>) -> Arc<Daemon> {
-        Arc::new(Daemon { config, images: ImageStore::new(), filler, frontend, mounts: Mutex::new(BTreeMap::new()) })
+        let mounts = frontend.recovered().into_iter().map(|(info, image)| (info.mountpoint.clone(), (info, image))).collect();
+        Arc::new(Daemon { config, images: ImageStore::new(), filler, frontend, mounts: Mutex::new(mounts) })
     }
 
     pub fn info(&self) -> DaemonInfo {

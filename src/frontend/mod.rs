@@ -53,6 +53,12 @@ pub trait Frontend: Send + Sync + 'static {
 
     /// Front-end counters for `GET /api/v1/metrics` (requests seen, served, failed, …).
     fn metrics(&self) -> serde_json::Value;
+
+    /// Mounts a previous daemon made that this one took over after a crash (failover); the
+    /// daemon lists them and accepts `umount` for them.
+    fn recovered(&self) -> Vec<(MountInfo, Arc<Image>)> {
+        Vec::new()
+    }
 }
 
 /// Which front-end to run.

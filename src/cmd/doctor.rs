@@ -1,0 +1,68 @@
+//! `erofsd doctor`: which kernel front-ends this machine supports, and what is missing.
+
+use crate::frontend::cachefiles::probe::{config_option, erofs_registered, kernel_config, kernel_release, ConfigState};
+use crate::frontend::{cachefiles, fanotify, Support};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn io_uring_state() -> String {
+    match io_uring::IoUring::new(2) {
+        Ok(_) => "io_uring: available (fills are batched through one ring)".into(),
+        Err(e) => format!("io_uring: unavailable ({e}); fills fall back to pwrite (slower, same results)"),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let release = kernel_release();
+    let config = kernel_config();
+    let cfg = config.as_ref().map(|(s, _)| s.as_str());
+    let mut general = vec![format!("kernel {release}")];
+    match &config {
+        Some((_, path)) => general.push(format!("kernel config read from {}", path.display())),
+        None => general.push("no kernel config readable (/proc/config.gz, /boot/config-*): options are judged by probing".into()),
+    }
+    general.push(if erofs_registered() { "EROFS: registered".into() } else { "EROFS: not in /proc/filesystems".into() });
+    for opt in ["CONFIG_EROFS_FS_ONDEMAND", "CONFIG_EROFS_FS_BACKED_BY_FILE", "CONFIG_CACHEFILES_ONDEMAND", "CONFIG_FANOTIFY_ACCESS_PERMISSIONS"] {
+        let st = match config_option(cfg, opt) {
+            ConfigState::Yes => "y",
+            ConfigState::Module => "m",
+            ConfigState::No => "not set",
+            ConfigState::Unknown => continue,
+        };
+        general.push(format!("{opt}: {st}"));
+    }
+    general.push(io_uring_state());
+    let fan = fanotify::probe();
+    let cf = cachefiles::probe();
+    if args.json {
+        let j = serde_json::json!({ "kernel": release, "general": general, "fanotify": fan, "cachefiles": cf });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    println!("erofsd doctor");
+    for g in &general {
+        println!("  {g}");
+    }
+    let show = |name: &str, s: &Support| {
+        println!("{name}: {}", if s.usable { "USABLE" } else { "NOT USABLE" });
+        for d in &s.details {
+            println!("  - {d}");
+        }
+    };
+    show("fanotify front-end", &fan);
+    show("cachefiles front-end", &cf);
+    let pick = if fan.usable {
+        "fanotify"
+    } else if cf.usable {
+        "cachefiles"
+    } else {
+        "none: no front-end can run on this kernel"
+    };
+    println!("--frontend auto would use: {pick}");
+    Ok(())
+}

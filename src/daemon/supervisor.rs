@@ -1,0 +1,396 @@
+//! Keeping kernel channels alive across a daemon crash.
+//!
+//! Some kernel channels die with their last file descriptor: when the last fd of an open
+//! `/dev/cachefiles` goes, the cache is dead and every mount on it fails until remounted; a
+//! fanotify group's pending events are answered "allow" when the group closes. So the daemon
+//! parks a duplicate of each such fd with a *holder* that outlives it, and a restarted daemon
+//! takes the fd back instead of opening a new channel.
+//!
+//! Two holders are supported:
+//! * **our supervisor** (`erofsd daemon --supervise`): a small parent process that runs the
+//!   daemon as a child, keeps the fds it is sent over a unix socket (SCM_RIGHTS), hands them to
+//!   the next child, and restarts a child that died abnormally (e.g. SIGKILL);
+//! * **systemd's FD store** (`FileDescriptorStoreMax=` in the unit): the daemon sends
+//!   `FDSTORE=1` + `FDNAME=<name>` with the fd to `$NOTIFY_SOCKET`; on restart systemd passes
+//!   it back as `LISTEN_FDS` / `LISTEN_FDNAMES`.
+//!
+//! Front-ends use the process-wide [`fd_store`]: `take(name)` at start, `store(name, fd)` after
+//! setting a channel up, `remove(name)` on a clean shutdown (so the holder lets the channel go).
+//!
+//! Supervisor protocol (SOCK_SEQPACKET socketpair, child end passed as `EROFSD_SUPERVISOR_FD`):
+//! child → `HELLO`; supervisor → one `FD <name>` message per held fd (fd attached), then `END`.
+//! child → `STORE <name>` (fd attached) | `REMOVE <name>`. Nothing is answered to those.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    UnixAddr,
+};
+use tracing::{info, warn};
+
+/// Environment variable naming the child's end of the supervisor socket.
+pub const SUPERVISOR_FD_ENV: &str = "EROFSD_SUPERVISOR_FD";
+const MSG_MAX: usize = 512;
+
+/// Where parked fds go.
+enum Holder {
+    /// No holder: a crash loses the channels (the daemon says so at start).
+    None,
+    Supervisor(OwnedFd),
+    /// `$NOTIFY_SOCKET` address (a path, or `@name` for the abstract namespace).
+    Systemd(String),
+}
+
+pub struct FdStore {
+    holder: Holder,
+    /// Fds handed to us at start, not yet taken by a front-end.
+    inherited: HashMap<String, OwnedFd>,
+}
+
+static STORE: OnceLock<Mutex<FdStore>> = OnceLock::new();
+
+/// The process-wide store, set up from the environment on first use.
+pub fn fd_store() -> &'static Mutex<FdStore> {
+    STORE.get_or_init(|| Mutex::new(FdStore::from_env()))
+}
+
+impl FdStore {
+    fn from_env() -> FdStore {
+        if let Some(fd) = std::env::var(SUPERVISOR_FD_ENV).ok().and_then(|v| v.parse::<RawFd>().ok()) {
+            std::env::remove_var(SUPERVISOR_FD_ENV);
+            // SAFETY: the supervisor created this fd for us and passed its number; we own it now.
+            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            let _ = set_cloexec(sock.as_raw_fd());
+            let inherited = match hello(&sock) {
+                Ok(fds) => fds,
+                Err(e) => {
+                    warn!("supervisor socket: {e}; running without a holder");
+                    return FdStore { holder: Holder::None, inherited: HashMap::new() };
+                }
+            };
+            if !inherited.is_empty() {
+                info!("supervisor handed back {} fd(s): {:?}", inherited.len(), inherited.keys().collect::<Vec<_>>());
+            }
+            return FdStore { holder: Holder::Supervisor(sock), inherited };
+        }
+        let inherited = systemd_listen_fds();
+        match std::env::var("NOTIFY_SOCKET") {
+            Ok(addr) if !addr.is_empty() => FdStore { holder: Holder::Systemd(addr), inherited },
+            _ => FdStore { holder: Holder::None, inherited },
+        }
+    }
+
+    /// A store with no holder (tests, `erofsd doctor`).
+    pub fn detached() -> FdStore {
+        FdStore { holder: Holder::None, inherited: HashMap::new() }
+    }
+
+    pub fn describe(&self) -> &'static str {
+        match self.holder {
+            Holder::None => "none",
+            Holder::Supervisor(_) => "erofsd supervisor",
+            Holder::Systemd(_) => "systemd fd store",
+        }
+    }
+
+    pub fn has_holder(&self) -> bool {
+        !matches!(self.holder, Holder::None)
+    }
+
+    /// The fd parked under `name` by a previous daemon, if any.
+    pub fn take(&mut self, name: &str) -> Option<OwnedFd> {
+        self.inherited.remove(name)
+    }
+
+    /// Parks a duplicate of `fd` under `name` with the holder (no-op without one).
+    pub fn store(&self, name: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
+        check_name(name)?;
+        match &self.holder {
+            Holder::None => Ok(()),
+            Holder::Supervisor(sock) => send_with_fd(sock.as_fd(), format!("STORE {name}").as_bytes(), Some(fd)),
+            Holder::Systemd(addr) => sd_notify(addr, &format!("FDSTORE=1\nFDNAME={name}"), Some(fd)),
+        }
+    }
+
+    /// Tells the holder to let `name` go (clean shutdown: the channel may close now).
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        check_name(name)?;
+        match &self.holder {
+            Holder::None => Ok(()),
+            Holder::Supervisor(sock) => send_with_fd(sock.as_fd(), format!("REMOVE {name}").as_bytes(), None),
+            Holder::Systemd(addr) => sd_notify(addr, &format!("FDSTOREREMOVE=1\nFDNAME={name}"), None),
+        }
+    }
+}
+
+fn check_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name.len() > 255 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad fd name {name:?}")));
+    }
+    Ok(())
+}
+
+fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_SETFD with a flag on an fd we own.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn send_with_fd(sock: BorrowedFd<'_>, msg: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let iov = [IoSlice::new(msg)];
+    let raw = fd.map(|f| [f.as_raw_fd()]);
+    let cmsgs: Vec<ControlMessage> = raw.as_ref().map(|r| vec![ControlMessage::ScmRights(r)]).unwrap_or_default();
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    Ok(())
+}
+
+/// Receives one message and the fds attached to it. `Ok(None)` at EOF.
+fn recv_with_fds(sock: BorrowedFd<'_>) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut buf = [0u8; MSG_MAX];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let r = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(r) => r,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut fds = Vec::new();
+        for c in r.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(list) = c {
+                // SAFETY: SCM_RIGHTS installed these fds in our table for this message.
+                fds.extend(list.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+            }
+        }
+        let n = r.bytes;
+        if n == 0 && fds.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some((buf[..n].to_vec(), fds)));
+    }
+}
+
+/// Child side: asks the supervisor for what it holds.
+fn hello(sock: &OwnedFd) -> io::Result<HashMap<String, OwnedFd>> {
+    send_with_fd(sock.as_fd(), b"HELLO", None)?;
+    let mut out = HashMap::new();
+    loop {
+        let Some((msg, mut fds)) = recv_with_fds(sock.as_fd())? else {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "supervisor closed the socket"));
+        };
+        if msg == b"END" {
+            return Ok(out);
+        }
+        match (std::str::from_utf8(&msg).ok().and_then(|s| s.strip_prefix("FD ")), fds.pop()) {
+            (Some(name), Some(fd)) => {
+                out.insert(name.to_string(), fd);
+            }
+            _ => warn!("supervisor sent an unexpected message {:?}", String::from_utf8_lossy(&msg)),
+        }
+    }
+}
+
+/// `LISTEN_FDS` / `LISTEN_FDNAMES` from systemd (only if `LISTEN_PID` is us).
+fn systemd_listen_fds() -> HashMap<String, OwnedFd> {
+    let mut out = HashMap::new();
+    let pid_ok = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let n = std::env::var("LISTEN_FDS").ok().and_then(|v| v.parse::<i32>().ok()).unwrap_or(0);
+    if !pid_ok || n <= 0 {
+        return out;
+    }
+    let names: Vec<String> =
+        std::env::var("LISTEN_FDNAMES").unwrap_or_default().split(':').map(str::to_string).collect();
+    for i in 0..n.min(1024) {
+        let fd = 3 + i;
+        let _ = set_cloexec(fd);
+        // SAFETY: systemd passed fds 3..3+LISTEN_FDS to this process.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let name = names.get(i as usize).cloned().unwrap_or_else(|| "unknown".into());
+        out.insert(name, owned);
+    }
+    for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(v);
+    }
+    out
+}
+
+/// One datagram to systemd's notify socket, optionally with an fd.
+fn sd_notify(addr: &str, state: &str, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let sock = nix::sys::socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    let ua = if let Some(abs) = addr.strip_prefix('@') {
+        UnixAddr::new_abstract(abs.as_bytes())?
+    } else {
+        UnixAddr::new(addr)?
+    };
+    let iov = [IoSlice::new(state.as_bytes())];
+    let raw = fd.map(|f| [f.as_raw_fd()]);
+    let cmsgs: Vec<ControlMessage> = raw.as_ref().map(|r| vec![ControlMessage::ScmRights(r)]).unwrap_or_default();
+    sendmsg(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, Some(&ua))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The supervisor process.
+
+/// Restart policy: give up after this many abnormal exits within [`RESTART_WINDOW`].
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(30);
+
+/// Runs `exe args…` as the daemon child, holding the fds it parks, restarting it when it dies
+/// abnormally. Returns the exit code to use. SIGTERM/SIGINT are forwarded to the child; once the
+/// child exits cleanly the held fds are closed and the supervisor exits too.
+pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
+    // Block the signals we wait for before any thread exists, so sigwait sees them all.
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in [nix::sys::signal::SIGTERM, nix::sys::signal::SIGINT, nix::sys::signal::SIGCHLD] {
+        set.add(s);
+    }
+    set.thread_block().context("blocking signals")?;
+
+    let held: Arc<Mutex<HashMap<String, OwnedFd>>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut restarts: Vec<Instant> = Vec::new();
+    loop {
+        let (ours, theirs) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("socketpair")?;
+        let child_fd = theirs.as_raw_fd();
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(args).env(SUPERVISOR_FD_ENV, child_fd.to_string());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(child_fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
+        drop(theirs);
+        let pid = child.id() as i32;
+        info!("supervisor: daemon started (pid {pid}), holding {} fd(s)", held.lock().expect("held").len());
+        let serve_held = held.clone();
+        let server = std::thread::Builder::new()
+            .name("erofsd-supervise".into())
+            .spawn(move || serve_child(ours, serve_held))
+            .context("supervisor thread")?;
+
+        let status = loop {
+            let sig = set.wait().context("sigwait")?;
+            match sig {
+                nix::sys::signal::SIGCHLD => {
+                    if let Some(st) = child.try_wait().context("waitpid")? {
+                        break st;
+                    }
+                }
+                other => {
+                    info!("supervisor: {other:?}: stopping the daemon");
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(pid, other as i32) };
+                    let st = child.wait().context("waitpid")?;
+                    let _ = server.join();
+                    held.lock().expect("held").clear();
+                    return Ok(st.code().unwrap_or(1));
+                }
+            }
+        };
+        let _ = server.join();
+        use std::os::unix::process::ExitStatusExt;
+        if status.success() {
+            info!("supervisor: daemon exited cleanly");
+            held.lock().expect("held").clear();
+            return Ok(0);
+        }
+        let how = match status.signal() {
+            Some(s) => format!("killed by signal {s}"),
+            None => format!("exited with {}", status.code().unwrap_or(-1)),
+        };
+        let now = Instant::now();
+        restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if restarts.len() >= MAX_RESTARTS {
+            held.lock().expect("held").clear();
+            bail!("daemon {how}; {MAX_RESTARTS} restarts within {RESTART_WINDOW:?}, giving up");
+        }
+        restarts.push(now);
+        warn!("supervisor: daemon {how}; restarting with {} held fd(s)", held.lock().expect("held").len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Serves one child's socket until it closes (the child exited).
+fn serve_child(sock: OwnedFd, held: Arc<Mutex<HashMap<String, OwnedFd>>>) {
+    loop {
+        let (msg, mut fds) = match recv_with_fds(sock.as_fd()) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                warn!("supervisor socket: {e}");
+                return;
+            }
+        };
+        let text = String::from_utf8_lossy(&msg).to_string();
+        if text == "HELLO" {
+            let held = held.lock().expect("held");
+            for (name, fd) in held.iter() {
+                if let Err(e) = send_with_fd(sock.as_fd(), format!("FD {name}").as_bytes(), Some(fd.as_fd())) {
+                    warn!("supervisor: handing {name} back: {e}");
+                }
+            }
+            let _ = send_with_fd(sock.as_fd(), b"END", None);
+        } else if let Some(name) = text.strip_prefix("STORE ") {
+            match fds.pop() {
+                Some(fd) => {
+                    info!("supervisor: holding {name}");
+                    held.lock().expect("held").insert(name.to_string(), fd);
+                }
+                None => warn!("supervisor: STORE {name} without an fd"),
+            }
+        } else if let Some(name) = text.strip_prefix("REMOVE ") {
+            held.lock().expect("held").remove(name);
+        } else {
+            warn!("supervisor: unknown message {text:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_and_hello_round_trip_fds() {
+        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        let held = Arc::new(Mutex::new(HashMap::new()));
+        let h = held.clone();
+        let t = std::thread::spawn(move || serve_child(a, h));
+        let store = FdStore { holder: Holder::Supervisor(b.try_clone().unwrap()), inherited: HashMap::new() };
+        let file = tempfile::tempfile().unwrap();
+        store.store("cachefiles", file.as_fd()).unwrap();
+        // A second child asks for what is held and gets a working duplicate back.
+        let got = hello(&b).unwrap();
+        let fd = got.get("cachefiles").expect("held fd handed back");
+        let f: std::fs::File = fd.try_clone().unwrap().into();
+        use std::io::Write;
+        (&f).write_all(b"x").unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 1, "same open file description");
+        store.remove("cachefiles").unwrap();
+        let got = hello(&b).unwrap();
+        assert!(got.is_empty());
+        assert!(store.store("bad name", file.as_fd()).is_err());
+        drop(store);
+        drop(b);
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,195 @@
+//! Can this machine run the cachefiles front-end? Answers in plain words.
+//!
+//! The kernel has no flag for on-demand support: `bind ondemand` failing with EINVAL is the only
+//! proof of a missing `CONFIG_CACHEFILES_ONDEMAND`, so when the device is free the probe binds a
+//! throwaway cache in a temporary directory and closes it again. `CONFIG_EROFS_FS_ONDEMAND` can
+//! only be read from the kernel config (when the distribution ships it) or learned by mounting.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use cachefiles::{Command, Device, DEVICE_PATH};
+
+use crate::frontend::Support;
+
+/// A kernel config option's state, from /proc/config.gz or /boot/config-$(uname -r).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigState {
+    Yes,
+    Module,
+    No,
+    /// No kernel config is readable here.
+    Unknown,
+}
+
+pub fn kernel_release() -> String {
+    // SAFETY: uname fills a zeroed struct; release is NUL-terminated.
+    unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return "unknown".into();
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr()).to_string_lossy().into_owned()
+    }
+}
+
+/// The kernel config text, if this system exposes it.
+pub fn kernel_config() -> Option<(String, PathBuf)> {
+    let gz = Path::new("/proc/config.gz");
+    if let Ok(f) = std::fs::File::open(gz) {
+        let mut s = String::new();
+        if flate2::read::GzDecoder::new(f).read_to_string(&mut s).is_ok() {
+            return Some((s, gz.into()));
+        }
+    }
+    let boot = PathBuf::from(format!("/boot/config-{}", kernel_release()));
+    std::fs::read_to_string(&boot).ok().map(|s| (s, boot))
+}
+
+pub fn config_option(config: Option<&str>, name: &str) -> ConfigState {
+    let Some(text) = config else { return ConfigState::Unknown };
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            return match v {
+                "y" => ConfigState::Yes,
+                "m" => ConfigState::Module,
+                _ => ConfigState::No,
+            };
+        }
+    }
+    ConfigState::No
+}
+
+pub fn erofs_registered() -> bool {
+    std::fs::read_to_string("/proc/filesystems").map(|s| s.lines().any(|l| l.trim_end().ends_with("erofs"))).unwrap_or(false)
+}
+
+/// Processes holding `path` open (pid, command name), found through /proc/*/fd.
+pub fn holders_of(path: &Path) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).map(|t| t == path).unwrap_or(false)) {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default().trim().to_string();
+            out.push((pid, comm));
+        }
+    }
+    out
+}
+
+/// The on-demand proof: bind a throwaway cache. `Ok(())` = on-demand mode works.
+fn try_bind(dev: &Device) -> Result<(), String> {
+    let base = ["/var/cache", "/var/tmp"].iter().map(Path::new).find(|p| p.is_dir()).unwrap_or(Path::new("/tmp"));
+    let dir = tempfile::Builder::new()
+        .prefix("erofsd-probe-")
+        .tempdir_in(base)
+        .map_err(|e| format!("cannot create a probe directory in {}: {e}", base.display()))?;
+    let r = dev
+        .send(&Command::dir(dir.path()))
+        .and_then(|_| dev.send(&Command::Tag("erofsd-probe".into())))
+        .and_then(|_| dev.send(&Command::BindOndemand));
+    r.map_err(|e| {
+        if e.errno() == Some(libc::EINVAL) {
+            format!("`bind ondemand` was refused (EINVAL): the kernel lacks CONFIG_CACHEFILES_ONDEMAND, or {} is on a filesystem cachefiles cannot use (tmpfs)", base.display())
+        } else {
+            e.to_string()
+        }
+    })
+}
+
+pub fn probe() -> Support {
+    let mut details = Vec::new();
+    let mut usable = true;
+    let config = kernel_config();
+    let cfg = config.as_ref().map(|(s, _)| s.as_str());
+
+    let dev_path = Path::new(DEVICE_PATH);
+    if !dev_path.exists() {
+        usable = false;
+        details.push(format!(
+            "{DEVICE_PATH} is missing: the kernel has no cachefiles (CONFIG_CACHEFILES), or the module is not loaded (modprobe cachefiles)"
+        ));
+    } else {
+        match Device::open() {
+            Ok(dev) => match try_bind(&dev) {
+                Ok(()) => details.push(format!("{DEVICE_PATH} is free and on-demand mode works (CONFIG_CACHEFILES_ONDEMAND)")),
+                Err(e) => {
+                    usable = false;
+                    details.push(e);
+                }
+            },
+            Err(e) if e.errno() == Some(libc::EBUSY) => {
+                let holders = holders_of(dev_path);
+                let who = if holders.is_empty() {
+                    "another process".to_string()
+                } else {
+                    holders.iter().map(|(p, c)| format!("pid {p} ({c})")).collect::<Vec<_>>().join(", ")
+                };
+                let ours = holders.iter().any(|(_, c)| c.starts_with("erofsd"));
+                details.push(format!(
+                    "{DEVICE_PATH} is held by {who}: only one daemon per host can use it{}",
+                    if ours { " (an erofsd daemon is already running)" } else { "; stop cachefilesd or the other daemon" }
+                ));
+                if !ours {
+                    usable = false;
+                }
+                details.push("on-demand support cannot be probed while the device is held".into());
+            }
+            Err(e) => {
+                usable = false;
+                details.push(e.to_string());
+            }
+        }
+    }
+    match config_option(cfg, "CONFIG_CACHEFILES_ONDEMAND") {
+        ConfigState::No => details.push("kernel config: CONFIG_CACHEFILES_ONDEMAND is not set".into()),
+        ConfigState::Yes | ConfigState::Module => details.push("kernel config: CONFIG_CACHEFILES_ONDEMAND=y".into()),
+        ConfigState::Unknown => {}
+    }
+    if erofs_registered() {
+        details.push("EROFS is registered in /proc/filesystems".into());
+    } else {
+        usable = false;
+        details.push("EROFS is not in /proc/filesystems: the kernel lacks CONFIG_EROFS_FS or the module is not loaded (modprobe erofs)".into());
+    }
+    match config_option(cfg, "CONFIG_EROFS_FS_ONDEMAND") {
+        ConfigState::Yes => details.push("kernel config: CONFIG_EROFS_FS_ONDEMAND=y (fsid= mounts work)".into()),
+        ConfigState::No => {
+            usable = false;
+            details.push("kernel config: CONFIG_EROFS_FS_ONDEMAND is not set: EROFS cannot mount over fscache (fsid=); rebuild erofs.ko with it".into());
+        }
+        ConfigState::Module => {}
+        ConfigState::Unknown => details.push(
+            "no kernel config readable (/proc/config.gz, /boot/config-*): CONFIG_EROFS_FS_ONDEMAND is only proven by a mount".into(),
+        ),
+    }
+    Support { usable, details }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_options_parse() {
+        let cfg = "CONFIG_A=y\nCONFIG_AB=m\n# CONFIG_C is not set\nCONFIG_D=\"x\"\n";
+        assert_eq!(config_option(Some(cfg), "CONFIG_A"), ConfigState::Yes);
+        assert_eq!(config_option(Some(cfg), "CONFIG_AB"), ConfigState::Module);
+        assert_eq!(config_option(Some(cfg), "CONFIG_C"), ConfigState::No);
+        assert_eq!(config_option(Some(cfg), "CONFIG_D"), ConfigState::No);
+        assert_eq!(config_option(None, "CONFIG_A"), ConfigState::Unknown);
+    }
+
+    #[test]
+    fn probe_on_this_host_explains_itself() {
+        // The build host has no /dev/cachefiles; the probe must say so, not fail.
+        let s = probe();
+        assert!(!s.details.is_empty());
+        if !Path::new(DEVICE_PATH).exists() {
+            assert!(!s.usable);
+            assert!(s.details[0].contains("missing"), "{:?}", s.details);
+        }
+    }
+}
