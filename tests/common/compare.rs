@@ -21,8 +21,11 @@ use std::path::{Path, PathBuf};
 pub enum Mtime {
     /// Seconds and nanoseconds.
     Exact,
-    /// Seconds only (e.g. one side came through a ustar header).
+    /// Seconds only (e.g. one side came through a ustar header that truncates).
     Seconds,
+    /// Less than one second apart (one side went through a tool that rounds to whole
+    /// seconds, as umoci does when it writes ustar headers).
+    WithinSecond,
     Ignore,
 }
 
@@ -240,6 +243,10 @@ impl Walk<'_> {
         let mt = match self.o.mtime {
             Mtime::Exact if check_mtime => (ma.mtime(), ma.mtime_nsec()) != (mb.mtime(), mb.mtime_nsec()),
             Mtime::Seconds if check_mtime => ma.mtime() != mb.mtime(),
+            Mtime::WithinSecond if check_mtime => {
+                let ns = |m: &Metadata| m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+                (ns(ma) - ns(mb)).abs() >= 1_000_000_000
+            }
             _ => false,
         };
         if mt {
