@@ -1,0 +1,209 @@
+//! The event thread: reads the group, answers what it can at once, hands the rest to fills.
+//!
+//! The thread never waits on a fetch: an event whose range is already in the cache file is
+//! answered ALLOW on the spot (no runtime involved); any other is journaled and its fill runs
+//! as a task on the tokio runtime, which answers and closes the event fd when done. Concurrent
+//! events on the same groups are coalesced by the core (single flight per group).
+//!
+//! Response order for every event: respond → clear its journal slot → close its fd.
+
+use std::collections::HashSet;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use fanotify::{events, Event, Group, Response};
+use tracing::{error, info, warn};
+
+use super::cache::{CacheFile, Registry};
+use super::journal::{Entry, Journal};
+use super::metrics::Metrics;
+use crate::core::fill::Filler;
+
+/// Read buffer: many events per read() under a storm (each pre-content event is 48 bytes).
+const READ_BUF: usize = 64 * 1024;
+/// Events one read() can return beyond the last fd the journal saw (sweep margin).
+pub const SWEEP_MARGIN: i32 = (READ_BUF / 48) as i32 + 64;
+
+pub struct Server {
+    pub group: Arc<Group>,
+    pub registry: Arc<Registry>,
+    pub filler: Filler,
+    pub journal: Arc<Journal>,
+    pub metrics: Arc<Metrics>,
+    pub rt: tokio::runtime::Handle,
+}
+
+fn eio() -> Response {
+    Response::deny_errno(libc::EIO).expect("EIO is allowed")
+}
+
+impl Server {
+    fn respond(&self, fd: i32, r: Response) {
+        if let Err(e) = self.group.respond(fd, r) {
+            self.metrics.respond_errors.fetch_add(1, Ordering::Relaxed);
+            warn!("event fd {fd}: {e}");
+        }
+    }
+
+    fn deny(&self, fd: OwnedFd, why: &str) {
+        warn!("denying event fd {} (EIO): {why}", fd.as_raw_fd());
+        self.metrics.denied.fetch_add(1, Ordering::Relaxed);
+        self.respond(fd.as_raw_fd(), eio());
+    }
+
+    /// Answers the events a previous worker of this group took but did not answer: fill and
+    /// allow the journaled ones, then deny (EIO) any other pending fd number up to the sweep
+    /// limit (taken but not yet journaled when the worker died). Runs before any new read.
+    pub fn replay(self: &Arc<Self>, left: Vec<Entry>, high_fd: i32) {
+        let mut known = HashSet::new();
+        let mut tasks = Vec::new();
+        for e in left {
+            known.insert(e.fd);
+            let id = hex::encode(e.blob);
+            let Some(cf) = self.registry.get(&id) else {
+                warn!("journaled event fd {} names blob {id}, which no mount uses: EIO", e.fd);
+                self.metrics.denied.fetch_add(1, Ordering::Relaxed);
+                self.respond(e.fd, eio());
+                continue;
+            };
+            let slot = self.journal.record(&e);
+            let this = self.clone();
+            tasks.push(self.rt.spawn(async move {
+                let r = this.filler.fill(&cf.target, e.offset, e.count).await;
+                let resp = match r {
+                    Ok(()) => Response::ALLOW,
+                    Err(err) => {
+                        warn!("replaying fd {}: {err}", e.fd);
+                        eio()
+                    }
+                };
+                this.respond(e.fd, resp);
+                if let Some(s) = slot {
+                    this.journal.clear(s);
+                }
+                this.metrics.replayed.fetch_add(1, Ordering::Relaxed);
+                this.after_fill(&cf);
+            }));
+        }
+        for t in tasks {
+            let _ = self.rt.block_on(t);
+        }
+        if high_fd >= 0 || !known.is_empty() {
+            let limit = high_fd.max(0) + SWEEP_MARGIN;
+            let mut orphans = 0u64;
+            for fd in 0..=limit {
+                if !known.contains(&fd) && self.group.respond(fd, eio()).is_ok() {
+                    orphans += 1;
+                }
+            }
+            self.metrics.orphans_denied.fetch_add(orphans, Ordering::Relaxed);
+            info!("restart: {} journaled event(s) answered, {orphans} unjournaled one(s) denied", known.len());
+        }
+    }
+
+    /// The event loop; returns when `stop` becomes readable.
+    pub fn run(self: Arc<Self>, stop: OwnedFd) {
+        let mut buf = vec![0u8; READ_BUF];
+        loop {
+            let mut fds = [
+                libc::pollfd { fd: self.group.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: two valid pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!("poll on the fanotify group: {e}");
+                return;
+            }
+            if fds[1].revents != 0 {
+                return;
+            }
+            loop {
+                let n = match self.group.read_into(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        error!("{e}");
+                        break;
+                    }
+                };
+                for item in events(&buf[..n]) {
+                    match item {
+                        Ok(ev) => self.handle(ev),
+                        Err(e) => {
+                            // The rest of this batch cannot be located; its events stay pending
+                            // (their readers wait) rather than being guessed at.
+                            error!("{e}");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(self: &Arc<Self>, ev: Event) {
+        // SAFETY: the event came from our read() on the group and is taken exactly once.
+        let Some(fd) = (unsafe { ev.take_fd() }) else {
+            if ev.is_overflow() {
+                self.metrics.overflows.fetch_add(1, Ordering::Relaxed);
+                error!("fanotify queue overflow: the kernel allowed an access unanswered");
+            }
+            return;
+        };
+        self.metrics.events.fetch_add(1, Ordering::Relaxed);
+        let raw = fd.as_raw_fd();
+        self.journal.note_fd(raw);
+        if !ev.is_pre_access() {
+            return self.deny(fd, &format!("unexpected event mask {:#x}", ev.mask));
+        }
+        let range = match ev.range {
+            Ok(r) => r,
+            Err(e) => return self.deny(fd, &e.to_string()),
+        };
+        let (dev, ino) = match nix::sys::stat::fstat(raw) {
+            Ok(st) => (st.st_dev, st.st_ino),
+            Err(e) => return self.deny(fd, &format!("fstat: {e}")),
+        };
+        let Some(cf) = self.registry.lookup(dev, ino) else {
+            return self.deny(fd, &format!("no blob cache file has inode {dev}:{ino}"));
+        };
+        if cf.target.is_ready(range.offset, range.count) {
+            self.metrics.fast_allowed.fetch_add(1, Ordering::Relaxed);
+            self.respond(raw, Response::ALLOW);
+            return;
+        }
+        let slot = self.journal.record(&Entry { fd: raw, offset: range.offset, count: range.count, blob: cf.id_bytes() });
+        let this = self.clone();
+        self.rt.spawn(async move {
+            let resp = match this.filler.fill(&cf.target, range.offset, range.count).await {
+                Ok(()) => {
+                    this.metrics.filled_allowed.fetch_add(1, Ordering::Relaxed);
+                    Response::ALLOW
+                }
+                Err(e) => {
+                    warn!("fill {}+{} of blob {}: {e}", range.offset, range.count, cf.target.blob.id);
+                    this.metrics.denied.fetch_add(1, Ordering::Relaxed);
+                    eio()
+                }
+            };
+            this.respond(raw, resp);
+            if let Some(s) = slot {
+                this.journal.clear(s);
+            }
+            drop(fd);
+            this.after_fill(&cf);
+        });
+    }
+
+    fn after_fill(&self, cf: &CacheFile) {
+        if self.registry.unmark_if_complete(cf) {
+            self.metrics.marks_removed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
