@@ -1,0 +1,213 @@
+//! Shared by the tests/fanotify_*.rs binaries: a real `erofsd daemon --frontend fanotify`
+//! process, its API, and what a test needs from the machine.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::common::{cli, env};
+
+/// Root, EROFS file-backed mounts and fanotify pre-content in `dir`'s filesystem.
+pub fn require_fanotify(test: &str, dir: &Path) -> bool {
+    if !env::require_erofs_mount(test) {
+        return false;
+    }
+    let s = erofsd::frontend::fanotify::probe::probe_in(dir);
+    env::require(s.usable, test, &format!("fanotify pre-content support ({})", s.details.join("; ")))
+}
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub cache: PathBuf,
+    pub socket: PathBuf,
+    pub supervise: bool,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon with its cache and socket under `dir`; waits until the API answers.
+    pub fn start(dir: &Path, supervise: bool) -> Daemon {
+        let mut d = Daemon {
+            child: None,
+            dir: dir.to_path_buf(),
+            cache: dir.join("cache"),
+            // sun_path is 108 bytes: keep the socket short, not under the scratch dir.
+            socket: short_socket_path(),
+            supervise,
+            log: dir.join("daemon.log"),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut cmd = Command::new(cli::erofsd_bin());
+        cmd.args(["daemon", "--frontend", "fanotify", "--cache-dir"])
+            .arg(&self.cache)
+            .arg("--api-socket")
+            .arg(&self.socket)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if self.supervise {
+            cmd.arg("--supervise");
+        }
+        self.child = Some(cmd.spawn().expect("start erofsd daemon"));
+        self.wait_api();
+    }
+
+    pub fn wait_api(&self) {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon API did not come up; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        cli::tail(&std::fs::read(&self.log).unwrap_or_default())
+    }
+
+    pub fn mount(&self, image: &Path, mountpoint: &Path) {
+        let out = cli::run(
+            cli::erofsd_bin(),
+            ["mount".as_ref(), image.as_os_str(), mountpoint.as_os_str(), "--api-socket".as_ref(), self.socket.as_os_str()],
+        );
+        assert!(out.status.success(), "erofsd mount failed: {}\nlog:\n{}", cli::tail(&out.stderr), self.log_text());
+    }
+
+    pub fn umount(&self, mountpoint: &Path) {
+        let out = cli::run(
+            cli::erofsd_bin(),
+            ["umount".as_ref(), mountpoint.as_os_str(), "--api-socket".as_ref(), self.socket.as_os_str()],
+        );
+        assert!(out.status.success(), "erofsd umount failed: {}\nlog:\n{}", cli::tail(&out.stderr), self.log_text());
+    }
+
+    /// `GET /api/v1/metrics`.
+    pub fn metrics(&self) -> serde_json::Value {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(erofsd::daemon::client::call_json::<serde_json::Value>(
+            &self.socket,
+            hyper::Method::GET,
+            "/api/v1/metrics",
+            None::<&()>,
+        ))
+        .unwrap_or_else(|e| panic!("metrics: {e:#}\nlog:\n{}", self.log_text()))
+    }
+
+    /// Sum of a per-cache-file counter over all blobs.
+    pub fn blob_sum(&self, key: &str) -> u64 {
+        let m = self.metrics();
+        m["frontend"]["cache_files"].as_object().map(|o| o.values().map(|v| v[key].as_u64().unwrap_or(0)).sum()).unwrap_or(0)
+    }
+
+    pub fn frontend(&self, key: &str) -> u64 {
+        self.metrics()["frontend"][key].as_u64().unwrap_or_else(|| panic!("no frontend metric {key}"))
+    }
+
+    /// SIGTERM and wait: the daemon unmounts what it serves, then exits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let st = c.wait().unwrap();
+            assert!(st.success(), "daemon exited with {st}; log:\n{}", self.log_text());
+        }
+    }
+
+    /// Restarts the daemon process (SIGTERM, then start again with the same cache).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The worker process under `--supervise` (the supervisor's child).
+    pub fn worker_pid(&self) -> i32 {
+        let sup = self.child.as_ref().expect("running").id();
+        let t0 = Instant::now();
+        loop {
+            let kids = std::fs::read_to_string(format!("/proc/{sup}/task/{sup}/children")).unwrap_or_default();
+            if let Some(p) = kids.split_whitespace().next() {
+                return p.parse().unwrap();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "supervisor {sup} has no worker");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(20) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A mount point that is unmounted (lazily if need be) when dropped, in case a test fails
+/// with the daemon's mount still up.
+pub struct MountDir(pub PathBuf);
+
+impl MountDir {
+    pub fn new(base: &Path, name: &str) -> MountDir {
+        let p = base.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        MountDir(p)
+    }
+}
+
+impl Drop for MountDir {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn short_socket_path() -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = PathBuf::from("/run/erofsd-fantest");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{}-{}.sock", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+}
+
+pub fn drop_caches() {
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches");
+}
+
+/// Every regular file under `root`, relative, sorted.
+pub fn regular_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            let r = rel.join(e.file_name());
+            if t.is_dir() {
+                stack.push(r);
+            } else if t.is_file() {
+                out.push(r);
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,182 @@
+//! The fanotify front-end on the host kernel, through the real daemon and `erofsd mount`:
+//! byte-exact trees, partial reads fetch only what they touch, concurrent readers, mark
+//! removal after a full fill, and no refetch after a daemon restart.
+//! Needs root and a 6.14+ kernel with EROFS file-backed mounts; skips loudly otherwise
+//! (fails under CI=true).
+
+mod common;
+mod fanotify_harness;
+
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::compare::{assert_trees_equal, Options};
+use common::{cli, fixtures};
+use fanotify_harness::{drop_caches, regular_files, require_fanotify, Daemon, MountDir};
+
+fn full_tree(test: &str, fixture: &str, min_files: usize) {
+    let s = fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let src = fixtures::fixture(fixture).join("tree");
+    let img = s.path().join("img");
+    cli::erofsd_build(&[&src], &img, &[]);
+    let d = Daemon::start(s.path(), false);
+    let mnt = MountDir::new(s.path(), "mnt");
+    d.mount(&img, &mnt.0);
+    let r = assert_trees_equal(&src, &mnt.0, &Options::default());
+    assert!(r.regular_files >= min_files, "only {} regular files compared", r.regular_files);
+    let m = d.metrics();
+    eprintln!("metrics: {m}");
+    assert!(d.frontend("events") > 0, "the read went through pre-content events");
+    assert_eq!(d.frontend("denied"), 0);
+    assert!(d.blob_sum("groups_fetched") > 0);
+    d.umount(&mnt.0);
+}
+
+#[test]
+fn fanotify_alltypes_tree_byte_exact() {
+    full_tree("fanotify_alltypes_tree_byte_exact", "alltypes", 3900);
+}
+
+#[test]
+fn fanotify_rootfs_tree_byte_exact() {
+    full_tree("fanotify_rootfs_tree_byte_exact", "rootfs", 6000);
+}
+
+/// A file of `len` pseudo-random (incompressible) bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn fanotify_partial_read_fetches_only_touched_groups() {
+    let test = "fanotify_partial_read_fetches_only_touched_groups";
+    let s = fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let src = s.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = noise(16 << 20, 7);
+    std::fs::write(src.join("big"), &data).unwrap();
+    let img = s.path().join("img");
+    // 256 KiB groups: 64 groups in the blob.
+    cli::erofsd_build(&[&src], &img, &["--group-size", "256K", "--chunk-size", "1M"]);
+    let d = Daemon::start(s.path(), false);
+    let mnt = MountDir::new(s.path(), "mnt");
+    d.mount(&img, &mnt.0);
+
+    let f = std::fs::File::open(mnt.0.join("big")).unwrap();
+    // No readahead: the page read is the only backing read.
+    // SAFETY: fadvise on an open fd.
+    unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_RANDOM) };
+    let off = 5 * (1 << 20) + 12345;
+    let mut buf = vec![0u8; 100];
+    f.read_exact_at(&mut buf, off as u64).unwrap();
+    assert!(buf == data[off..off + 100], "partial read returned wrong bytes");
+    let groups = d.blob_sum("groups_fetched");
+    let stored = d.blob_sum("stored_bytes");
+    eprintln!("partial read: {groups} group(s), {stored} stored bytes fetched; metrics {}", d.metrics());
+    assert_eq!(groups, 1, "a 100-byte read inside one 256 KiB group fetched {groups} groups");
+    assert!(stored <= 256 * 1024 + 4096, "fetched {stored} stored bytes for one group");
+    assert!(d.metrics()["frontend"]["cache_files"].as_object().unwrap().values().all(|v| v["marked"] == true));
+
+    // Reading the rest fills everything and removes the mark.
+    let mut all = Vec::new();
+    std::fs::File::open(mnt.0.join("big")).unwrap().read_to_end(&mut all).unwrap();
+    assert!(all == data, "full read differs");
+    assert_eq!(d.blob_sum("groups_fetched"), 64, "each group fetched exactly once");
+    assert_eq!(d.frontend("marks_removed"), 1);
+    drop(f);
+    d.umount(&mnt.0);
+}
+
+#[test]
+fn fanotify_concurrent_readers_mark_removal_and_restart_keeps_data() {
+    let test = "fanotify_concurrent_readers_mark_removal_and_restart_keeps_data";
+    let s = fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let src = fixtures::fixture("alltypes").join("tree");
+    let img = s.path().join("img");
+    cli::erofsd_build(&[&src], &img, &[]);
+    let files = Arc::new(regular_files(&src));
+    let half: Vec<_> = files.iter().step_by(2).cloned().collect();
+
+    // Phase 1: read half the files, then restart the daemon.
+    let mut d = Daemon::start(s.path(), false);
+    let mnt = MountDir::new(s.path(), "mnt");
+    d.mount(&img, &mnt.0);
+    for f in &half {
+        assert!(std::fs::read(src.join(f)).unwrap() == std::fs::read(mnt.0.join(f)).unwrap(), "{}", f.display());
+    }
+    let fetched1 = d.blob_sum("groups_fetched");
+    assert!(fetched1 > 0);
+    d.restart(); // SIGTERM unmounts; the new daemon finds the filled groups in the cache file
+    assert!(!fanotify_harness_is_mounted(&mnt.0), "shutdown unmounted");
+    drop_caches();
+    d.mount(&img, &mnt.0);
+    for f in &half {
+        assert!(std::fs::read(src.join(f)).unwrap() == std::fs::read(mnt.0.join(f)).unwrap(), "{}", f.display());
+    }
+    assert_eq!(d.blob_sum("groups_fetched"), 0, "files read before the restart were fetched again");
+    assert!(d.frontend("fast_allowed") > 0, "warm groups answered on the fast path");
+
+    // Phase 2: 16 concurrent readers over the whole tree, every byte compared.
+    let root = Arc::new(mnt.0.clone());
+    let src = Arc::new(src);
+    let mut threads = Vec::new();
+    for t in 0..16usize {
+        let (files, root, src) = (files.clone(), root.clone(), src.clone());
+        threads.push(std::thread::spawn(move || {
+            let n = files.len();
+            for i in 0..n {
+                let f = &files[(i + t * n / 16) % n];
+                let got = std::fs::read(root.join(f)).unwrap_or_else(|e| panic!("reader {t}: {}: {e}", f.display()));
+                assert!(got == std::fs::read(src.join(f)).unwrap(), "reader {t}: {} differs", f.display());
+            }
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let m = d.metrics();
+    eprintln!("after 16 readers: {m}");
+    assert_eq!(d.frontend("denied"), 0);
+    assert!(m["frontend"]["cache_files"].as_object().unwrap().values().all(|v| v["marked"] == false), "mark removed after a full fill");
+    assert!(d.frontend("marks_removed") >= 1);
+
+    // With the mark gone, cold reads raise no events at all.
+    let events = d.frontend("events");
+    drop_caches();
+    let r = assert_trees_equal(&src, &mnt.0, &Options::default());
+    assert!(r.regular_files >= 3900);
+    assert_eq!(d.frontend("events"), events, "reads after a full fill still raised events");
+
+    // A restart with a complete blob: no mark, no events, no fetches.
+    d.restart();
+    drop_caches();
+    d.mount(&img, &mnt.0);
+    assert_trees_equal(&src, &mnt.0, &Options::default());
+    assert_eq!(d.blob_sum("groups_fetched"), 0);
+    assert_eq!(d.frontend("events"), 0);
+    d.umount(&mnt.0);
+    let _ = Path::new("");
+}
+
+fn fanotify_harness_is_mounted(p: &Path) -> bool {
+    erofsd::frontend::fanotify::sysmount::is_erofs_mount(p)
+}
