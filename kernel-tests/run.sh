@@ -72,6 +72,19 @@ GUEST_BINS=(ktest-cachefiles)
 for b in "${GUEST_BINS[@]}"; do
     file "$GUEST_BIN_DIR/$b" | grep -q 'static' || die "$b is not statically linked"
 done
+# The real daemon and the tree checker for the erofsd-* tests (static too; both also run on
+# the host: erofsd builds the images, ktest-tree writes the expected manifests).
+echo "== building erofsd and ktest-tree (static, release)"
+( cd "$HERE/.." &&
+  CARGO_TARGET_DIR="$GUEST_TARGET" RUSTFLAGS='-C target-feature=+crt-static' \
+  cargo build --release --quiet --target "$RUST_TARGET" --bin erofsd ) || die "erofsd build failed"
+( cd "$HERE/tree-tool" &&
+  CARGO_TARGET_DIR="$GUEST_TARGET" RUSTFLAGS='-C target-feature=+crt-static' \
+  cargo build --release --quiet --target "$RUST_TARGET" ) || die "ktest-tree build failed"
+EROFSD_BINS=(erofsd ktest-tree)
+for b in "${EROFSD_BINS[@]}"; do
+    file "$GUEST_BIN_DIR/$b" | grep -q 'static' || die "$b is not statically linked"
+done
 
 # --- test data (shared by all kernels of this run) -----------------------------------------
 # A tree with edge cases for chunked EROFS: empty, sub-page, page-sized, chunk-sized and
@@ -98,6 +111,9 @@ make_inputs() {
         || { cat "$in/mkfs.log"; die "mkfs.erofs failed"; }
     (cd "$tree" && find . -type f | LC_ALL=C sort | xargs sha256sum) >"$in/manifest.sha256"
     (cd "$tree" && find . | LC_ALL=C sort) >"$in/paths.txt"
+    # Images built by erofsd itself, with manifests (see erofsd-inputs.sh).
+    "$HERE/erofsd-inputs.sh" "$in/erofsd" "$GUEST_BIN_DIR/erofsd" "$GUEST_BIN_DIR/ktest-tree" "$tree" \
+        || die "erofsd test inputs failed"
 }
 
 # --- one boot -----------------------------------------------------------------------------
@@ -118,7 +134,9 @@ run_kernel() {
 
     # Data disk: inputs in, results out; the cachefiles cache dir must be on ext4.
     local disk="$work/disk.img"
-    mkfs.ext4 -q -F -L ktest -d "$work/data" "$disk" 256M || die "mkfs.ext4 failed"
+    # Room for the inputs plus the cache files the tests fill (each image may be cached twice).
+    local disk_mb=$(( $(du -sm "$work/data" | cut -f1) * 3 + 512 ))
+    mkfs.ext4 -q -F -L ktest -d "$work/data" "$disk" "${disk_mb}M" || die "mkfs.ext4 failed"
 
     # Initramfs: busybox-static + /init + tests + guest binaries.
     local root="$work/initramfs"
@@ -128,7 +146,8 @@ run_kernel() {
     cp "$HERE/guest/lib.sh" "$root/ktest/lib.sh"
     for t in "${TESTS[@]}"; do cp "$HERE/guest/tests/$t.sh" "$root/ktest/tests/"; done
     printf '%s\n' "${TESTS[@]}" >"$root/ktest/tests.list"
-    for b in "${GUEST_BINS[@]}"; do cp "$GUEST_BIN_DIR/$b" "$root/ktest/bin/"; done
+    for b in "${GUEST_BINS[@]}" "${EROFSD_BINS[@]}"; do cp "$GUEST_BIN_DIR/$b" "$root/ktest/bin/"; done
+    cp "$HERE/guest/erofsd-lib.sh" "$root/ktest/erofsd-lib.sh"
     mknod "$root/dev/console" c 5 1 2>/dev/null || true
     (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
 

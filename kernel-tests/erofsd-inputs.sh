@@ -1,0 +1,87 @@
+#!/bin/bash
+# Host-side inputs for the erofsd guest tests (guest/tests/erofsd-*.sh), called by run.sh:
+#
+#   erofsd-inputs.sh OUT EROFSD KTEST_TREE GEN_TREE
+#
+# OUT gets one directory per image made by `erofsd build` (image.boot + blobs/), a manifest per
+# image made on the host by `ktest-tree manifest --xattrs` (the guest compares its mount against
+# it: path, type, mode, uid, gid, nlink, size, sha256, link target, rdev, xattrs), and for the
+# benchmark the raw blob address spaces (`erofsd check --write-raw`) for a native loop mount.
+#
+#   gen/        run.sh's generated edge-case tree, 64K chunks and groups
+#   alltypes/   every file type, owner, mode, name and xattr edge (scripts/make-fixtures.sh)
+#   rootfs/     debootstrap bookworm rootfs (make-fixtures.sh rootfs), when it can be had
+#   l1/ l2/     two merged two-layer images sharing their first layer's blob (domain test)
+#   one/ corrupt/   one 2 MiB file (also as one-data.bin); corrupt/ has bytes flipped mid-blob
+# Images with the same blob id share one Blob in the daemon (content addressing), so tests never
+# mount a damaged copy next to its intact original.
+#   missing/    gen/'s bootstrap with no blobs
+set -euo pipefail
+OUT=$1 EROFSD=$2 KTREE=$3 GEN=$4
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+rm -rf "$OUT"; mkdir -p "$OUT"
+scratch="$OUT/../erofsd-scratch"; rm -rf "$scratch"; mkdir -p "$scratch"
+
+image() { # NAME SRC... [-- build options]
+    local name=$1; shift
+    local srcs=() opts=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do srcs+=("$1"); shift; done
+    [ "${1:-}" = -- ] && { shift; opts=("$@"); }
+    "$EROFSD" --log warn build "${opts[@]}" "${srcs[@]}" -o "$OUT/$name" >"$OUT/$name.build.log"
+}
+manifest() { "$KTREE" manifest "$1" --xattrs >"$2"; }
+
+image gen "$GEN" -- --chunk-size 64K --group-size 64K
+manifest "$GEN" "$OUT/gen.manifest"
+
+fixtures="$("$REPO/scripts/make-fixtures.sh" alltypes)"
+image alltypes "$fixtures/tree"
+manifest "$fixtures/tree" "$OUT/alltypes.manifest"
+
+# The rootfs needs debootstrap once (cached); without it the tests use alltypes and say so.
+if rootfs="$("$REPO/scripts/make-fixtures.sh" rootfs 2>"$scratch/rootfs.log")" && [ -d "$rootfs/tree" ]; then
+    image rootfs "$rootfs/tree"
+    manifest "$rootfs/tree" "$OUT/rootfs.manifest"
+else
+    echo "erofsd-inputs: no debootstrap rootfs (see $scratch/rootfs.log); guest tests use alltypes" >&2
+fi
+BENCH=rootfs; [ -d "$OUT/rootfs" ] || BENCH=alltypes
+"$EROFSD" --log warn check "$OUT/$BENCH" --write-raw "$OUT/$BENCH-raw" >"$OUT/$BENCH-raw.log"
+echo "$BENCH" >"$OUT/bench-image"
+# Blob ids in device-table order, for the native mount's device= options.
+awk '/^device [0-9]+: blob /{print $4}' "$OUT/$BENCH.build.log" >"$OUT/$BENCH-raw.order"
+[ -s "$OUT/$BENCH-raw.order" ] || { echo "erofsd-inputs: no blob order for $BENCH" >&2; exit 1; }
+
+# Two images sharing a layer blob.
+mkdir -p "$scratch/la/base" "$scratch/lb" "$scratch/lc"
+head -c $((6 * 1024 * 1024 + 5)) /dev/urandom >"$scratch/la/base/shared.bin"
+seq 1 20000 >"$scratch/la/base/numbers.txt"
+head -c 700000 /dev/urandom >"$scratch/lb/only-b.bin"
+head -c 900000 /dev/urandom >"$scratch/lc/only-c.bin"
+image l1 "$scratch/la" "$scratch/lb" -- --merge
+image l2 "$scratch/la" "$scratch/lc" -- --merge
+mkdir -p "$scratch/m1" "$scratch/m2"
+cp -a "$scratch/la/." "$scratch/lb/." "$scratch/m1/"
+cp -a "$scratch/la/." "$scratch/lc/." "$scratch/m2/"
+manifest "$scratch/m1" "$OUT/l1.manifest"
+manifest "$scratch/m2" "$OUT/l2.manifest"
+b1=$(ls "$OUT/l1/blobs") b2=$(ls "$OUT/l2/blobs")
+shared=$(printf '%s\n%s\n' "$b1" "$b2" | sort | uniq -d | wc -l)
+[ "$shared" = 1 ] || { echo "erofsd-inputs: l1 and l2 should share exactly one blob" >&2; exit 1; }
+printf '%s\n' "$b1" "$b2" | sort -u | wc -l >"$OUT/l-blob-count"
+
+# One file, and the same image with a corrupted group.
+mkdir -p "$scratch/one"
+head -c $((2 * 1024 * 1024)) /dev/urandom >"$scratch/one/data.bin"
+image one "$scratch/one" -- --chunk-size 64K --group-size 64K
+manifest "$scratch/one" "$OUT/one.manifest"
+cp "$scratch/one/data.bin" "$OUT/one-data.bin"   # reference bytes, outside any image
+cp -a "$OUT/one" "$OUT/corrupt"
+blob="$OUT/corrupt/blobs/$(ls "$OUT/corrupt/blobs")"
+size=$(stat -c %s "$blob")
+printf '\xff\x00\xff\x00' | dd of="$blob" bs=1 seek=$((size / 2)) conv=notrunc status=none
+
+mkdir -p "$OUT/missing/blobs"
+cp "$OUT/gen/image.boot" "$OUT/missing/image.boot"
+rm -rf "$scratch"

@@ -1,0 +1,65 @@
+# Helpers for the erofsd guest tests (sourced after /ktest/lib.sh; busybox sh, -eu).
+#
+# The real erofsd binary (built static by run.sh) serves images built by `erofsd build` on the
+# host (inputs in $KTEST_IN/erofsd, see kernel-tests/erofsd-inputs.sh) through the cachefiles
+# front-end. Each test runs its own daemon with its own cache directory on the ext4 data disk
+# (cachefiles refuses tmpfs), and stops it before it ends.
+
+ERO_IN=$KTEST_IN/erofsd
+ERO_SOCK=/run/erofsd-$KTEST_NAME.sock
+ERO_CACHE=/data/erofsd-cache/$KTEST_NAME
+ERO_LOG=$KTEST_OUT/daemon.log
+DAEMON_PID=
+
+# start_daemon [daemon flags...]: fresh cache dir, daemon in the background, wait for its API.
+start_daemon() {
+    rm -rf "$ERO_CACHE"; mkdir -p "$ERO_CACHE" /run
+    EROFSD_LOG=${EROFSD_LOG:-info} erofsd daemon --frontend cachefiles --cache-dir "$ERO_CACHE" \
+        --api-socket "$ERO_SOCK" "$@" >>"$ERO_LOG" 2>&1 &
+    DAEMON_PID=$!
+    wait_api
+}
+
+# Restart with the same cache dir (warm cache).
+restart_daemon() {
+    EROFSD_LOG=${EROFSD_LOG:-info} erofsd daemon --frontend cachefiles --cache-dir "$ERO_CACHE" \
+        --api-socket "$ERO_SOCK" "$@" >>"$ERO_LOG" 2>&1 &
+    DAEMON_PID=$!
+    wait_api
+}
+
+wait_api() {
+    i=0
+    until erofsd status --api-socket "$ERO_SOCK" >/dev/null 2>&1; do
+        kill -0 "$DAEMON_PID" 2>/dev/null || { tail -n 20 "$ERO_LOG"; fail "erofsd daemon exited at start"; }
+        i=$((i + 1)); [ $i -lt 300 ] || { tail -n 20 "$ERO_LOG"; fail "erofsd daemon not answering after 30 s"; }
+        sleep 0.1
+    done
+}
+
+# stop_daemon: SIGTERM; the daemon unmounts what it serves and must exit 0.
+stop_daemon() {
+    kill -TERM "$DAEMON_PID"
+    rc=0; wait "$DAEMON_PID" || rc=$?
+    [ "$rc" = 0 ] || { tail -n 20 "$ERO_LOG"; fail "erofsd daemon exited with $rc"; }
+}
+
+ero() { erofsd "$@" --api-socket "$ERO_SOCK"; }
+
+# metric NAME: a front-end counter from GET /api/v1/metrics.
+metric() {
+    erofsd status --metrics --api-socket "$ERO_SOCK" >/tmp/metrics.json || fail "metrics API failed"
+    v=$(sed -n "s/^    \"$1\": \([0-9]*\),\{0,1\}\$/\1/p" /tmp/metrics.json | head -n 1)
+    [ -n "$v" ] || { cat /tmp/metrics.json; fail "no metric $1"; }
+    echo "$v"
+}
+
+# latency NAME: a READ latency percentile (p50, p90, p99, max, samples) in microseconds.
+latency() {
+    erofsd status --metrics --api-socket "$ERO_SOCK" >/tmp/metrics.json || fail "metrics API failed"
+    sed -n "s/^      \"$1\": \([0-9]*\),\{0,1\}\$/\1/p" /tmp/metrics.json | tail -n 1
+}
+
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
+
+mounted() { grep -q " $1 erofs " /proc/mounts; }
