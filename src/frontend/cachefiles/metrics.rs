@@ -22,6 +22,8 @@ pub struct Metrics {
     pub bootstrap_bytes: AtomicU64,
     /// READ_COMPLETE ioctls the kernel refused (object gone, id reused on old kernels).
     pub complete_errors: AtomicU64,
+    /// Background fills started ahead of a sequential reader.
+    pub prefetches: AtomicU64,
     /// Errors reading /dev/cachefiles.
     pub device_errors: AtomicU64,
     latencies: Mutex<Latencies>,
@@ -68,6 +70,7 @@ impl Metrics {
             "bootstrap_bytes": get(&self.bootstrap_bytes),
             "complete_errors": get(&self.complete_errors),
             "device_errors": get(&self.device_errors),
+            "prefetches": get(&self.prefetches),
             "read_latency_us": {
                 "samples": sorted.len(),
                 "p50": pct(0.50),
