@@ -196,3 +196,17 @@ fn failed_merge_removes_blobs_of_earlier_layers() {
     assert!(format!("{err:#}").contains("nowhere"), "{err:#}");
     assert_eq!(list_all(&out), vec!["blobs".to_string()]);
 }
+
+#[test]
+fn gzip_with_a_bad_trailer_or_endless_tail() {
+    // A complete tar inside a gzip stream whose CRC trailer is wrong.
+    let tar = ok_prefix().finish();
+    let mut gz = gzip(&tar);
+    let n = gz.len();
+    gz[n - 8] ^= 0xFF;
+    expect_fail(&gz, &defaults(), &["after the end of the archive"]);
+    // Megabytes of junk after the end-of-archive blocks.
+    let mut long = tar.clone();
+    long.extend(std::iter::repeat(0x55u8).take(17 << 20));
+    expect_fail(&long, &defaults(), &["after the end of the tar archive"]);
+}

@@ -76,12 +76,28 @@ pub fn read_tar_layer(input: Box<dyn Read + '_>, store: &mut ChunkStore, limits:
         limits.entry().with_context(|| label.clone())?;
         add_entry(&mut layer, &mut entry, &raw_path, store, limits, lower_exists).with_context(|| label.clone())?;
     }
-    let tc = archive.into_inner();
+    let mut tc = archive.into_inner();
     if tc.total == 0 {
         bail!("empty layer: no tar data at all");
     }
     if tc.tail.iter().any(|&b| b != 0) {
         bail!("truncated tar: the archive ends without its end-of-archive zero blocks");
+    }
+    // Read what follows the end marker (record padding), so a compressed stream reaches its
+    // end and verifies its own checksum (gzip CRC32/ISIZE, zstd frame end). Bounded: a stream
+    // that goes on and on after the archive is refused.
+    const MAX_TRAILER: u64 = 16 << 20;
+    let mut sink = vec![0u8; 1 << 16];
+    let mut extra = 0u64;
+    loop {
+        let n = tc.inner.read(&mut sink).context("reading after the end of the archive (corrupt compressed stream?)")?;
+        if n == 0 {
+            break;
+        }
+        extra += n as u64;
+        if extra > MAX_TRAILER {
+            bail!("more than {MAX_TRAILER} bytes of data after the end of the tar archive");
+        }
     }
     Ok(layer)
 }
