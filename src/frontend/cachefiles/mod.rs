@@ -18,6 +18,8 @@ pub mod reader;
 pub mod registry;
 pub mod serve;
 pub mod sysmount;
+#[cfg(test)]
+mod tests;
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
