@@ -267,3 +267,23 @@ fn cli_build_from_stdin_and_check() {
         assert!(e.contains(args[0]), "{args:?}: {e}");
     }
 }
+
+#[test]
+fn overlay_xattrs_in_content_are_escaped_for_a_single_layer() {
+    let t = scratch();
+    let mut m = TarMaker::new();
+    m.pax(&[("SCHILY.xattr.trusted.overlay.opaque", b"y"), ("SCHILY.xattr.user.k", b"v")]).dir("d/", 0o755);
+    let tar = m.finish();
+    let out = t.path().join("single");
+    build::build(&[tar_source(t.path(), "l.tar", &tar)], &out, &BuildOptions::default()).unwrap();
+    let s = open(&out).snapshot();
+    assert_eq!(
+        s["/d"].xattrs,
+        vec![(b"trusted.overlay.overlay.opaque".to_vec(), b"y".to_vec()), (b"user.k".to_vec(), b"v".to_vec())]
+    );
+    // A merged tree is a plain root filesystem: names stay as they are.
+    let out = t.path().join("merged");
+    build::build(&[tar_source(t.path(), "l.tar", &tar)], &out, &BuildOptions { merge: true, ..BuildOptions::default() }).unwrap();
+    let s = open(&out).snapshot();
+    assert_eq!(s["/d"].xattrs, vec![(b"trusted.overlay.opaque".to_vec(), b"y".to_vec()), (b"user.k".to_vec(), b"v".to_vec())]);
+}

@@ -34,6 +34,9 @@ pub struct Layer {
     /// Directories created only because a deeper entry needed them.
     pub implicit: HashSet<NodeId>,
     pub pending_links: Vec<PendingLink>,
+    /// Content xattrs named `trusted.overlay.*` must be escaped when this layer becomes an
+    /// overlayfs lower on its own (true for archive layers; a directory is copied literally).
+    pub escape_overlay_xattrs: bool,
 }
 
 impl Layer {
@@ -46,12 +49,20 @@ impl Layer {
             opaque: HashSet::new(),
             implicit,
             pending_links: Vec::new(),
+            escape_overlay_xattrs: true,
         }
     }
 
     /// Wraps a tree read from a directory: every node is real, nothing is special.
     pub fn from_tree(tree: Tree) -> Layer {
-        Layer { tree, whiteouts: HashSet::new(), opaque: HashSet::new(), implicit: HashSet::new(), pending_links: Vec::new() }
+        Layer {
+            tree,
+            whiteouts: HashSet::new(),
+            opaque: HashSet::new(),
+            implicit: HashSet::new(),
+            pending_links: Vec::new(),
+            escape_overlay_xattrs: false,
+        }
     }
 
     /// The directory at `path`, creating implied directories on the way. A path component

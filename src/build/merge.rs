@@ -18,12 +18,30 @@ use super::layer::{lookup, Layer};
 use super::names::show;
 
 pub const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
+const OVERLAY_PREFIX: &[u8] = b"trusted.overlay.";
 
 /// A single-layer image: opaque directories get the overlayfs xattr, whiteouts are already
-/// character devices 0/0. Pending links cannot exist (there is no lower layer).
+/// character devices 0/0, archive xattrs named `trusted.overlay.*` are escaped to
+/// `trusted.overlay.overlay.*`. Pending links cannot exist (there is no lower layer).
 pub fn finish_single(mut layer: Layer) -> Result<Tree> {
     if let Some(l) = layer.pending_links.first() {
         bail!("hard link {} → {}: target not found in the layer", show(&[l.parent.clone(), vec![l.name.clone()]].concat()), show(&l.target));
+    }
+    if layer.escape_overlay_xattrs {
+        // overlayfs strips one `overlay.` level from escaped names, so content xattrs keep
+        // their meaning instead of being taken for overlay metadata.
+        for node in &mut layer.tree.nodes {
+            for x in &mut node.xattrs {
+                if let Some(rest) = x.name.strip_prefix(OVERLAY_PREFIX) {
+                    let escaped = [OVERLAY_PREFIX, b"overlay.", rest].concat();
+                    if escaped.len() - b"trusted.".len() > 255 {
+                        bail!("xattr {} is too long to escape for overlayfs", String::from_utf8_lossy(&x.name));
+                    }
+                    x.name = escaped;
+                }
+            }
+            node.xattrs.sort();
+        }
     }
     for &dir in &layer.opaque {
         let node = layer.tree.node_mut(dir);
