@@ -301,7 +301,7 @@ pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
                     unsafe { libc::kill(pid, other as i32) };
                     let st = child.wait().context("waitpid")?;
                     let _ = server.join();
-                    held.lock().expect("held").clear();
+                    release_held(&held, &set);
                     return Ok(st.code().unwrap_or(1));
                 }
             }
@@ -310,7 +310,7 @@ pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
         use std::os::unix::process::ExitStatusExt;
         if status.success() {
             info!("supervisor: daemon exited cleanly");
-            held.lock().expect("held").clear();
+            release_held(&held, &set);
             return Ok(0);
         }
         let how = match status.signal() {
@@ -320,13 +320,23 @@ pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
         let now = Instant::now();
         restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
         if restarts.len() >= MAX_RESTARTS {
-            held.lock().expect("held").clear();
+            release_held(&held, &set);
             bail!("daemon {how}; {MAX_RESTARTS} restarts within {RESTART_WINDOW:?}, giving up");
         }
         restarts.push(now);
         warn!("supervisor: daemon {how}; restarting with {} held fd(s)", held.lock().expect("held").len());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Lets the held fds go, after the front-ends' last-resort steps for channels whose closing
+/// would hurt readers (a fanotify group still marking files of live mounts).
+fn release_held(held: &Mutex<HashMap<String, OwnedFd>>, signals: &nix::sys::signal::SigSet) {
+    let mut held = held.lock().expect("held");
+    crate::frontend::fanotify::failsafe::before_release(&held, &|| {
+        let _ = signals.wait();
+    });
+    held.clear();
 }
 
 /// Serves one child's socket until it closes (the child exited).

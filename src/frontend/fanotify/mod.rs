@@ -19,6 +19,7 @@
 //! before the group is released.
 
 pub mod cache;
+pub mod failsafe;
 pub mod journal;
 pub mod listener;
 pub mod metrics;
@@ -64,6 +65,8 @@ pub struct FanotifyFrontend {
     state_path: PathBuf,
     listener: Mutex<Option<(std::thread::JoinHandle<()>, OwnedFd)>>,
     recovered: Vec<(MountInfo, Arc<Image>)>,
+    /// Mounts detached lazily at shutdown whose blobs could not be completed.
+    detached: Mutex<Vec<SavedMount>>,
 }
 
 /// Whether this kernel and machine can run the front-end, in plain words.
@@ -141,8 +144,13 @@ impl FanotifyFrontend {
         let images = ImageStore::new();
         let mut mounts = BTreeMap::new();
         let mut recovered = Vec::new();
+        let mut still_detached = Vec::new();
         if restarted {
             for m in state::load(&state_path) {
+                if m.detached {
+                    still_detached.push(m);
+                    continue;
+                }
                 match adopt(&server, &images, &m) {
                     Ok(served) => {
                         recovered.push((served.info.clone(), served.image.clone()));
@@ -175,6 +183,7 @@ impl FanotifyFrontend {
             state_path,
             listener: Mutex::new(Some((handle, stop_tx))),
             recovered,
+            detached: Mutex::new(still_detached),
         });
         fe.save_state();
         Ok(fe)
@@ -190,7 +199,9 @@ impl FanotifyFrontend {
                 mountpoint: s.info.mountpoint.clone(),
                 image: s.info.image.clone(),
                 image_id: s.info.image_id.clone(),
+                detached: false,
             })
+            .chain(self.detached.lock().expect("detached").iter().cloned())
             .collect();
         if let Err(e) = state::save(&self.state_path, &table) {
             error!("saving the mount table: {e:#}");
@@ -249,16 +260,29 @@ impl FanotifyFrontend {
         let points: Vec<PathBuf> = self.mounts.lock().expect("mounts").keys().cloned().collect();
         let mut detached = 0;
         for mp in points {
-            match sysmount::umount_retrying(&mp, UMOUNT_PATIENCE, true) {
-                Ok(Unmounted::Detached) => detached += 1,
-                Ok(_) => {}
+            let gone = match sysmount::umount_retrying(&mp, UMOUNT_PATIENCE, true) {
+                Ok(Unmounted::Detached) => false,
+                Ok(_) => true,
                 Err(e) => {
                     error!("{e:#}");
-                    detached += 1;
+                    false
                 }
-            }
+            };
             let image = self.mounts.lock().expect("mounts").remove(&mp).map(|s| s.image);
             if let Some(image) = image {
+                // A detached mount's open files still read the cache files, and once the group
+                // closes nothing stops them at a hole: complete those blobs first.
+                if !gone && !self.complete_blobs(&image) {
+                    detached += 1;
+                    // Keep its blobs parked and marked; the failsafe must know it exists.
+                    self.detached.lock().expect("detached").push(SavedMount {
+                        mountpoint: mp.clone(),
+                        image: image.bootstrap_path.clone(),
+                        image_id: image.id.clone(),
+                        detached: true,
+                    });
+                    continue;
+                }
                 for b in &image.blobs {
                     self.server.registry.release(&b.id);
                 }
@@ -272,6 +296,26 @@ impl FanotifyFrontend {
             let _ = handle.join();
         }
         detached
+    }
+}
+
+impl FanotifyFrontend {
+    /// Fills every group of `image`'s blobs (events keep being served meanwhile). True if all
+    /// are complete: the cache files then hold no hole a reader could mistake for data.
+    fn complete_blobs(&self, image: &Image) -> bool {
+        let mut ok = true;
+        for b in &image.blobs {
+            let Some(cf) = self.server.registry.get(&b.id) else { continue };
+            warn!("completing blob {} for a lazily detached mount", b.id);
+            match self.server.rt.block_on(self.server.filler.fill(&cf.target, 0, b.size())) {
+                Ok(()) => self.server.registry.unmark(&cf),
+                Err(e) => {
+                    error!("completing blob {}: {e}", b.id);
+                    ok = false;
+                }
+            }
+        }
+        ok
     }
 }
 

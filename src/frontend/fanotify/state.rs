@@ -11,6 +11,10 @@ pub struct SavedMount {
     pub mountpoint: PathBuf,
     pub image: PathBuf,
     pub image_id: String,
+    /// Lazily detached with blobs left incomplete: its open files may still read holes, so
+    /// the group must stay open (the supervisor's failsafe keeps denying).
+    #[serde(default)]
+    pub detached: bool,
 }
 
 pub fn load(path: &Path) -> Vec<SavedMount> {
