@@ -8,6 +8,9 @@ pub struct Args {
     /// Print the findings as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The cache directory the daemon would use (cachefiles is probed there; not tmpfs).
+    #[arg(long, default_value = crate::daemon::config::DEFAULT_CACHE_DIR)]
+    pub cache_dir: std::path::PathBuf,
 }
 
 fn io_uring_state() -> String {
@@ -38,7 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     general.push(io_uring_state());
     let fan = fanotify::probe();
-    let cf = cachefiles::probe();
+    let cf = cachefiles::probe::probe_in(&args.cache_dir);
     if args.json {
         let j = serde_json::json!({ "kernel": release, "general": general, "fanotify": fan, "cachefiles": cf });
         println!("{}", serde_json::to_string_pretty(&j)?);

@@ -97,11 +97,11 @@ pub fn start(
         FrontendKind::Cachefiles => cachefiles::start(config, filler),
         FrontendKind::Fanotify => fanotify::start(config, filler),
         FrontendKind::Auto => {
-            let fan = fanotify::probe();
+            let fan = fanotify::probe::probe_in(&config.cache_dir);
             if fan.usable {
                 return fanotify::start(config, filler);
             }
-            let cf = cachefiles::probe();
+            let cf = cachefiles::probe::probe_in(&config.cache_dir);
             if cf.usable {
                 return cachefiles::start(config, filler);
             }

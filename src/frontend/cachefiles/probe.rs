@@ -79,27 +79,43 @@ pub fn holders_of(path: &Path) -> Vec<(u32, String)> {
     out
 }
 
-/// The on-demand proof: bind a throwaway cache. `Ok(())` = on-demand mode works.
-fn try_bind(dev: &Device) -> Result<(), String> {
-    let base = ["/var/cache", "/var/tmp"].iter().map(Path::new).find(|p| p.is_dir()).unwrap_or(Path::new("/tmp"));
+/// The on-demand proof: bind a throwaway cache in a temporary directory under `base`.
+/// `Ok(())` = on-demand mode works.
+fn try_bind(dev: Device, base: &Path) -> Result<(), String> {
     let dir = tempfile::Builder::new()
-        .prefix("erofsd-probe-")
+        .prefix(".erofsd-probe-")
         .tempdir_in(base)
         .map_err(|e| format!("cannot create a probe directory in {}: {e}", base.display()))?;
     let r = dev
         .send(&Command::dir(dir.path()))
         .and_then(|_| dev.send(&Command::Tag("erofsd-probe".into())))
         .and_then(|_| dev.send(&Command::BindOndemand));
+    // Unbind (close) before the directory is removed.
+    drop(dev);
     r.map_err(|e| {
         if e.errno() == Some(libc::EINVAL) {
-            format!("`bind ondemand` was refused (EINVAL): the kernel lacks CONFIG_CACHEFILES_ONDEMAND, or {} is on a filesystem cachefiles cannot use (tmpfs)", base.display())
+            "`bind ondemand` was refused (EINVAL): the kernel lacks CONFIG_CACHEFILES_ONDEMAND".to_string()
         } else {
             e.to_string()
         }
     })
 }
 
+/// True if `dir` is on a filesystem cachefiles refuses (tmpfs, ramfs).
+pub fn on_tmpfs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .map(|st| matches!(st.filesystem_type().0 as i64, 0x0102_1994 | 0x8584_58f6))
+        .unwrap_or(false)
+}
+
+/// [`probe_in`] with the default cache directory.
 pub fn probe() -> Support {
+    probe_in(Path::new(crate::daemon::config::DEFAULT_CACHE_DIR))
+}
+
+/// Probes with `cache_dir` as the cache directory the daemon would use (the throwaway bind
+/// happens inside it, so a tmpfs cache directory is reported too).
+pub fn probe_in(cache_dir: &Path) -> Support {
     let mut details = Vec::new();
     let mut usable = true;
     let config = kernel_config();
@@ -113,7 +129,13 @@ pub fn probe() -> Support {
         ));
     } else {
         match Device::open() {
-            Ok(dev) => match try_bind(&dev) {
+            Ok(dev) => match std::fs::create_dir_all(cache_dir).map_err(|e| format!("cannot create cache directory {}: {e}", cache_dir.display())).and_then(|_| {
+                if on_tmpfs(cache_dir) {
+                    Err(format!("cache directory {} is on tmpfs/ramfs, which cachefiles refuses: use ext4 or xfs (--cache-dir)", cache_dir.display()))
+                } else {
+                    try_bind(dev, cache_dir)
+                }
+            }) {
                 Ok(()) => details.push(format!("{DEVICE_PATH} is free and on-demand mode works (CONFIG_CACHEFILES_ONDEMAND)")),
                 Err(e) => {
                     usable = false;

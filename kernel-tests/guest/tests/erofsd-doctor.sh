@@ -1,0 +1,16 @@
+# `erofsd doctor` in a guest whose kernel has cachefiles on-demand: the cachefiles front-end is
+# reported usable (proven by a throwaway `bind ondemand` in the cache directory), and with a
+# daemon holding the device it says so in plain words.
+. /ktest/lib.sh
+. /ktest/erofsd-lib.sh
+mkdir -p "$ERO_CACHE"
+erofsd doctor --cache-dir "$ERO_CACHE" | tee "$KTEST_OUT/doctor.txt"
+grep -q "^cachefiles front-end: USABLE" "$KTEST_OUT/doctor.txt" || fail "doctor does not find cachefiles usable"
+grep -q "on-demand mode works" "$KTEST_OUT/doctor.txt" || fail "doctor did not prove on-demand mode"
+# On tmpfs the probe must refuse, with the reason.
+erofsd doctor --cache-dir /tmp/doctor-cache >"$KTEST_OUT/doctor-tmpfs.txt" || true
+grep -q "tmpfs" "$KTEST_OUT/doctor-tmpfs.txt" || { cat "$KTEST_OUT/doctor-tmpfs.txt"; fail "doctor did not flag a tmpfs cache dir"; }
+start_daemon
+erofsd doctor --cache-dir "$ERO_CACHE" | tee "$KTEST_OUT/doctor-busy.txt"
+grep -q "is held by pid $DAEMON_PID (erofsd)" "$KTEST_OUT/doctor-busy.txt" || fail "doctor does not name the daemon holding /dev/cachefiles"
+stop_daemon
