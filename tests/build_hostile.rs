@@ -207,6 +207,6 @@ fn gzip_with_a_bad_trailer_or_endless_tail() {
     expect_fail(&gz, &defaults(), &["after the end of the archive"]);
     // Megabytes of junk after the end-of-archive blocks.
     let mut long = tar.clone();
-    long.extend(std::iter::repeat(0x55u8).take(17 << 20));
+    long.extend(std::iter::repeat_n(0x55u8, 17 << 20));
     expect_fail(&long, &defaults(), &["after the end of the tar archive"]);
 }

@@ -18,14 +18,17 @@ use super::names::{check_name, MAX_DEPTH};
 use super::Limits;
 
 pub fn read_dir_layer(root: &Path, store: &mut ChunkStore, limits: &mut Limits) -> Result<Layer> {
-    let md = std::fs::symlink_metadata(root).with_context(|| format!("{}", root.display()))?;
+    // The source argument itself may be a symlink to the directory; nothing below it is
+    // ever followed.
+    let root = std::fs::canonicalize(root).with_context(|| format!("{}", root.display()))?;
+    let md = std::fs::symlink_metadata(&root).with_context(|| format!("{}", root.display()))?;
     if !md.is_dir() {
         bail!("{} is not a directory", root.display());
     }
     let mut tree = Tree::new(meta_of(&md));
-    tree.node_mut(Tree::ROOT).xattrs = read_xattrs(root)?;
+    tree.node_mut(Tree::ROOT).xattrs = read_xattrs(&root)?;
     let mut w = Walker { store, limits, links: HashMap::new() };
-    w.walk(&mut tree, root, Tree::ROOT, 0)?;
+    w.walk(&mut tree, &root, Tree::ROOT, 0)?;
     Ok(Layer::from_tree(tree))
 }
 

@@ -41,7 +41,21 @@ pub struct Args {
     pub threads: Option<usize>,
 }
 
+/// Appends a line to the report (printed at the end; a closed stdout is not an error).
+macro_rules! outln {
+    ($out:ident, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+fn print(out: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+}
+
 pub fn run(args: Args) -> Result<()> {
+    let mut out = String::new();
     let mut opts = BuildOptions {
         chunk_size_log2: build::size_log2(&args.chunk_size, "--chunk-size", build::MIN_CHUNK_SIZE_LOG2, build::MAX_CHUNK_SIZE_LOG2)?,
         group_size_log2: build::size_log2(
@@ -70,9 +84,9 @@ pub fn run(args: Args) -> Result<()> {
     let sources: Vec<Source> = args.sources.iter().map(|p| Source::from_arg(p)).collect();
     let r = build::build(&sources, &args.outdir, &opts)?;
     let c = &r.chunks;
-    println!("bootstrap {} ({} bytes, {} inodes)", r.bootstrap.display(), r.write.bytes, r.write.inodes);
+    outln!(out, "bootstrap {} ({} bytes, {} inodes)", r.bootstrap.display(), r.write.bytes, r.write.inodes);
     for (i, (rec, _)) in r.blobs.iter().enumerate() {
-        println!(
+        outln!(out, 
             "device {}: blob {} stored {} bytes, address space {} bytes, {} groups",
             i + 1,
             rec.id_hex(),
@@ -81,9 +95,10 @@ pub fn run(args: Args) -> Result<()> {
             rec.groups.len()
         );
     }
-    println!(
+    outln!(out, 
         "data {} bytes: {} inline files, {} chunked files; chunks {} stored, {} deduplicated, {} holes",
         c.source_bytes, c.inline_files, c.chunked_files, c.chunks_stored, c.chunks_deduped, c.chunks_holes
     );
+    print(&out);
     Ok(())
 }

@@ -19,11 +19,25 @@ pub struct Args {
     pub write_raw: Option<PathBuf>,
 }
 
+/// Appends a line to the report (printed at the end; a closed stdout is not an error).
+macro_rules! outln {
+    ($out:ident, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+fn print(out: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+}
+
 pub fn run(args: Args) -> Result<()> {
+    let mut out = String::new();
     let paths = CheckPaths::resolve(&args.image, args.blob_dir.as_deref());
     let r = check(&paths, args.write_raw.as_deref())?;
-    println!(
-        "{}: {} inodes ({} directories, {} regular files, {} bytes), {} chunks, {} holes, {} xattrs",
+    outln!(out, 
+        "{}: {} inodes ({} directories, {} regular-file entries, {} bytes), {} chunks, {} holes, {} xattrs",
         paths.bootstrap.display(),
         r.inodes,
         r.dirs,
@@ -33,19 +47,21 @@ pub fn run(args: Args) -> Result<()> {
         r.holes,
         r.xattrs
     );
-    println!("blobs: {} in the table, {} verified ({} groups)", r.blobs, r.blobs_verified, r.groups_verified);
+    outln!(out, "blobs: {} in the table, {} verified ({} groups)", r.blobs, r.blobs_verified, r.groups_verified);
     for p in &r.raw_written {
-        println!("raw device: {}", p.display());
+        outln!(out, "raw device: {}", p.display());
     }
     for n in &r.notes {
-        println!("note: {n}");
+        outln!(out, "note: {n}");
     }
     for p in &r.problems {
-        println!("PROBLEM: {p}");
+        outln!(out, "PROBLEM: {p}");
     }
     if !r.problems.is_empty() {
+        print(&out);
         bail!("{} problem(s) found", r.problems.len());
     }
-    println!("OK");
+    outln!(out, "OK");
+    print(&out);
     Ok(())
 }
