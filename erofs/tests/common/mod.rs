@@ -236,6 +236,16 @@ pub fn sample_tree() -> (Tree, Blobs, Vec<Expect>) {
         }
         add(&mut t, xd, format!("f{i}").as_bytes(), f);
     }
+    // Chunked files (no inline tail, so no one-block constraint) with big distinct xattrs and
+    // extended inodes: their inode bodies and xattrs straddle block boundaries.
+    for i in 0..12u64 {
+        let content = pattern(20 + i, 5000);
+        let mut f = blobs.file(&content, |_| 1);
+        f.meta.mtime = 1_000_000 + i as i64;
+        f.xattrs.push(xattr("user.straddle", &pattern(40 + i, 1500)));
+        add(&mut t, xd, format!("straddle{i}").as_bytes(), f);
+        expect.push(Expect { path: format!("xattrs/straddle{i}"), content });
+    }
     let mut d = dir();
     d.xattrs.push(xattr("system.posix_acl_default", &acl));
     d.xattrs.push(xattr("trusted.overlay.opaque", b"y"));
