@@ -124,6 +124,10 @@ pub struct Extent {
     pub kind: ExtentKind,
 }
 
+/// Reads blob-device bytes for [`Image::read_file`]: `(device_id, offset, buf)` must fill
+/// `buf` from device `device_id` (1..N) at byte `offset`.
+pub type Fetch<'a> = dyn FnMut(u16, u64, &mut [u8]) -> io::Result<()> + 'a;
+
 /// One entry seen by [`Image::walk`].
 #[derive(Debug)]
 pub struct WalkEntry<'a> {
@@ -421,7 +425,7 @@ impl<T: AsRef<[u8]>> Image<T> {
     /// Reads file bytes at `offset` into `buf`; returns how many (short only at end of file).
     /// `fetch(device_id, offset, buf)` must fill `buf` from a blob device (1..N); bootstrap
     /// data (inline, device 0) is copied directly.
-    pub fn read_file(&self, ino: &Inode, offset: u64, buf: &mut [u8], fetch: &mut dyn FnMut(u16, u64, &mut [u8]) -> io::Result<()>) -> Result<usize> {
+    pub fn read_file(&self, ino: &Inode, offset: u64, buf: &mut [u8], fetch: &mut Fetch) -> Result<usize> {
         if offset >= ino.size {
             return Ok(0);
         }
@@ -647,7 +651,7 @@ impl<T: AsRef<[u8]>> Image<T> {
     /// symlink target and file data map, and reads up to `read_limit` bytes at the start and
     /// at the end of every regular file through `fetch` (device ids are already checked
     /// against the device table). Used by the fuzzer, by `check`-style tools and by tests.
-    pub fn check_all(&self, read_limit: usize, fetch: &mut dyn FnMut(u16, u64, &mut [u8]) -> io::Result<()>) -> Result<CheckStats> {
+    pub fn check_all(&self, read_limit: usize, fetch: &mut Fetch) -> Result<CheckStats> {
         let mut st = CheckStats::default();
         let mut buf = vec![0u8; read_limit];
         self.walk(&mut |e| {

@@ -175,7 +175,7 @@ struct Layout {
 }
 
 /// Directory entries including `.` and `..`, in EROFS (unsigned bytewise) order.
-fn dir_entries<'a>(children: &'a BTreeMap<Vec<u8>, NodeId>, me: NodeId, parent: NodeId) -> Vec<(&'a [u8], NodeId)> {
+fn dir_entries(children: &BTreeMap<Vec<u8>, NodeId>, me: NodeId, parent: NodeId) -> Vec<(&[u8], NodeId)> {
     let mut v: Vec<(&[u8], NodeId)> = Vec::with_capacity(children.len() + 2);
     let dots: [(&[u8], NodeId); 2] = [(b".", me), (b"..", parent)];
     let mut d = 0;

@@ -318,8 +318,7 @@ fn writer_rejects_bad_trees() {
     bad_blob.stored_size = 1;
     expect_invalid(&base(), &[bad_blob], "stored_size");
 
-    let mut opts = WriteOptions::default();
-    opts.volume_name = vec![b'v'; 16];
+    let opts = WriteOptions { volume_name: vec![b'v'; 16], ..Default::default() };
     assert!(matches!(write_bootstrap(&base(), &[], &opts, Vec::new()), Err(Error::InvalidTree(_))));
 }
 
