@@ -119,6 +119,14 @@ fn single_layer_images_use_overlay_conventions() {
     assert_eq!((a.nlink(), a.ino()), (2, std::fs::symlink_metadata(p3.join("opt/new/b")).unwrap().ino()));
     assert_eq!(std::fs::read(p3.join("opt/app/only-this")).unwrap(), b"layer 3 replaced opt/app\n");
     assert_eq!(std::fs::read_dir(p3.join("opt/app")).unwrap().count(), 1);
+    // PAX records: binary security.capability, user.* xattr, nanosecond mtime.
+    let cap = p3.join("opt/new/cap");
+    let mut want_cap = vec![0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00];
+    want_cap.resize(20, 0);
+    assert_eq!(get_xattr(&cap, &"security.capability".into()).unwrap(), want_cap);
+    assert_eq!(get_xattr(&cap, &"user.layer".into()).unwrap(), b"3");
+    let md = std::fs::symlink_metadata(&cap).unwrap();
+    assert_eq!((md.mtime(), md.mtime_nsec(), md.mode() & 0o7777), (1_700_000_000, 123_456_789, 0o755));
     assert_no_wh_names(p3);
 }
 
@@ -138,7 +146,7 @@ fn overlay_stack_and_merge_equal_umoci_unpack() {
     // implicit usr/lib (mtime 0) and overlayfs reports the topmost layer's directory mtime.
     let ovl_opts = Options { dir_mtime: false, ..oci_opts() };
     let r = assert_trees_equal(&umoci_rootfs, ovl.path(), &ovl_opts);
-    assert!(r.regular_files > 5000, "{}", r.summary());
+    assert!(r.regular_files > 5000 && r.xattrs >= 2, "{}", r.summary());
     // Spot checks that the layers really took effect (not two copies of layer 1).
     for gone in ["usr/share/doc", "etc/hostname", "usr/bin/apt-cache", "etc/apt/apt.conf.d", "opt/app/bin"] {
         assert!(std::fs::symlink_metadata(ovl.path().join(gone)).is_err(), "{gone} should be gone");
@@ -232,6 +240,10 @@ fn bad_layer_tars_fail_cleanly() {
 
 #[test]
 fn layer_over_limits_fails_cleanly() {
+    // The OCI fixture is made as root (umoci unpack/repack with real owners).
+    if !env::require(env::is_root(), "layer_over_limits_fails_cleanly", "root (to make the OCI fixture)") {
+        return;
+    }
     let l2 = layer(2);
     // Layer 2 holds a 3 MiB file: over a 1 MiB data limit, and over 10 entries.
     let msg = build_must_fail("limit-size", &[&l2], &["--max-size", "1M"]);
