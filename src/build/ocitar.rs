@@ -70,7 +70,11 @@ pub fn read_tar_layer(input: Box<dyn Read + '_>, store: &mut ChunkStore, limits:
     let mut index = 0u64;
     for entry in entries {
         index += 1;
-        let mut entry = entry.with_context(|| format!("tar entry #{index}: truncated or malformed archive"))?;
+        // The tar crate's messages may quote raw header bytes: show them escaped.
+        let mut entry = entry.map_err(|e| {
+            let what = if index == 1 { "not a tar archive, or a corrupt first header" } else { "truncated or malformed archive" };
+            anyhow!("tar entry #{index}: {what}: {:?}", e.to_string())
+        })?;
         let raw_path = entry.path_bytes().into_owned();
         let label = format!("tar entry #{index} {:?}", String::from_utf8_lossy(&raw_path));
         limits.entry().with_context(|| label.clone())?;
