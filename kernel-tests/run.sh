@@ -4,7 +4,8 @@
 #   kernel-tests/run.sh [--kernel 6.12|6.1|all] [--suite NAME] [--timeout SECS] [--list]
 #
 #   --kernel   which kernel(s) to boot (default 6.12); `all` = 6.12 then 6.1
-#   --suite    run only tests whose name equals NAME or starts with NAME
+#   --suite    run only tests whose name starts with NAME (a comma-separated list of
+#              prefixes is allowed: --suite cachefiles,erofs-loop)
 #              (tests are kernel-tests/guest/tests/<name>.sh)
 #   --timeout  wall-clock limit per boot in seconds (default 600; TCG is slow)
 #   --list     print the test names and exit
@@ -13,13 +14,14 @@
 # and an ext4 data disk, pack an initramfs, boot, parse `KTEST PASS|FAIL name` markers.
 # Ends with `N passed, N failed`; exit status 0 only if nothing failed and something passed.
 # Work files (serial log, disk image, results copied out of the guest) stay in
-# $KTEST_WORK/<version>/ (default /var/tmp/erofsd-ktest) for inspection.
+# $KTEST_WORK/<version>-<pid>/ (default /var/tmp/erofsd-ktest; <version>-latest links to the
+# newest) until a later run removes them.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${EROFSD_KERNEL_CACHE:-/var/cache/erofsd-kernels}"
 WORKROOT="${KTEST_WORK:-/var/tmp/erofsd-ktest}"
-GUEST_TARGET="${KTEST_TARGET_DIR:-$CACHE/guest-target}"
+GUEST_TARGET="${KTEST_TARGET_DIR:-$CACHE/ktest-guest-bin-target}"
 RUST_TARGET=x86_64-unknown-linux-gnu
 
 die() { echo "run.sh: error: $*" >&2; exit 2; }
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
         --suite) SUITE="${2:?--suite needs a value}"; shift 2 ;;
         --timeout) BOOT_TIMEOUT="${2:?--timeout needs a value}"; shift 2 ;;
         --list) LIST=1; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -48,9 +50,11 @@ esac
 TESTS=()
 for f in "$HERE"/guest/tests/*.sh; do
     name="$(basename "$f" .sh)"
-    if [ -z "$SUITE" ] || [ "$name" = "$SUITE" ] || [[ "$name" == "$SUITE"* ]]; then
-        TESTS+=("$name")
-    fi
+    if [ -z "$SUITE" ]; then TESTS+=("$name"); continue; fi
+    IFS=, read -ra prefixes <<<"$SUITE"
+    for pre in "${prefixes[@]}"; do
+        if [[ "$name" == "$pre"* ]]; then TESTS+=("$name"); break; fi
+    done
 done
 [ "${#TESTS[@]}" -gt 0 ] || die "no test matches --suite '$SUITE' (try --list)"
 if [ "$LIST" = 1 ]; then printf '%s\n' "${TESTS[@]}"; exit 0; fi
@@ -122,14 +126,16 @@ TOTAL_FAIL=0
 SUMMARY=()
 
 run_kernel() {
-    local ver="$1" work="$WORKROOT/$1"
+    # One work dir per invocation: several run.sh may run at once (other engineers, CI).
+    local ver="$1" work="$WORKROOT/$1-$$"
     echo "== kernel $ver"
     local t0=$SECONDS
     "$HERE/build-kernel.sh" "$ver" || { record_all_fail "$ver" "kernel build failed"; return; }
     local kernel; kernel="$("$HERE/build-kernel.sh" --path "$ver")"
     echo "   kernel step: $((SECONDS - t0)) s"
 
-    rm -rf "$work"; mkdir -p "$work/data/in" "$work/data/cache" "$work/data/results" "$work/initramfs"
+    rm -rf "$work"; mkdir -p "$work"; ln -sfn "$(basename "$work")" "$WORKROOT/$ver-latest"
+    mkdir -p "$work/data/in" "$work/data/cache" "$work/data/results" "$work/initramfs"
     make_inputs "$work/data/in" "$work/tree"
 
     # Data disk: inputs in, results out; the cachefiles cache dir must be on ext4.
@@ -201,6 +207,14 @@ record_all_fail() {
     SUMMARY+=("kernel $1: 0 passed, ${#TESTS[@]} failed ($2)")
     TOTAL_FAIL=$((TOTAL_FAIL + ${#TESTS[@]}))
 }
+
+# Drop work dirs of earlier runs that have ended (VERSION-PID, PID no longer alive).
+mkdir -p "$WORKROOT"
+for d in "$WORKROOT"/*-[0-9]*; do
+    [ -d "$d" ] && [ ! -L "$d" ] || continue
+    pid="${d##*-}"
+    kill -0 "$pid" 2>/dev/null || rm -rf "$d"
+done
 
 for v in $KERNELS; do run_kernel "$v"; done
 
