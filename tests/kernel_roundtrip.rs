@@ -50,6 +50,8 @@ fn roundtrip(c: Case) {
         assert_eq!(digest, slot.tag, "blob {} is not named by its sha256", p.display());
     }
 
+    inspect_agrees(&boot, &blobs, &slots, matches!(c.data, Data::Raw));
+
     let dev_dir = match c.data {
         Data::Raw => blobs.clone(),
         Data::ViaCheck => {
@@ -81,6 +83,29 @@ fn roundtrip(c: Case) {
         }
     }
 
+}
+
+/// `erofsd inspect --json` (our reader) must list the same devices, in the same order, as the
+/// independent device-table parser the mounts use, with blob records that match the files.
+fn inspect_agrees(boot: &Path, blobs: &Path, slots: &[devtable::DeviceSlot], uncompressed: bool) {
+    let out = cli::run_ok(cli::erofsd_bin(), ["inspect".as_ref(), "--json".as_ref(), "--no-tree".as_ref(), boot.as_os_str()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect --json prints JSON");
+    let devices = v["devices"].as_array().expect("devices array");
+    let tags: Vec<&str> = devices.iter().map(|d| d["tag"].as_str().unwrap()).collect();
+    let want: Vec<&str> = slots.iter().map(|s| s.tag.as_str()).collect();
+    assert_eq!(tags, want, "inspect --json device order");
+    let records = v["blobs"].as_array().expect("an erofsd image has a blob table");
+    assert_eq!(records.len(), slots.len());
+    for (r, slot) in records.iter().zip(slots) {
+        assert_eq!(r["id"].as_str(), Some(slot.tag.as_str()));
+        let stored = std::fs::metadata(blobs.join(&slot.tag)).unwrap().len();
+        assert_eq!(r["stored_size"].as_u64(), Some(stored), "stored_size of {}", slot.tag);
+        assert_eq!(r["uncompressed_size"].as_u64(), Some(slot.blocks as u64 * 4096), "uncompressed_size of {}", slot.tag);
+        if uncompressed {
+            assert_eq!(r["compression"].as_str(), Some("none"));
+            assert_eq!(stored, slot.blocks as u64 * 4096, "--compress none: stored blob is the address space");
+        }
+    }
 }
 
 fn sha256_file(p: &Path) -> String {
