@@ -212,6 +212,11 @@ impl BlobWriter {
             groups: out.groups,
         };
         let path = self.blob_dir.join(rec.id_hex());
+        // Durable before it gets its final name: a crash must not leave a sha256-named blob
+        // whose bytes never reached the disk.
+        std::fs::File::open(&*tmp)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {}", tmp.display()))?;
         // tempfile creates 0600; blobs are public content, readable by the daemon's user.
         std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .with_context(|| format!("chmod {}", tmp.display()))?;

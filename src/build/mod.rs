@@ -250,10 +250,20 @@ fn build_inner(sources: &[Source], outdir: &Path, blob_dir: &Path, opts: &BuildO
     let write = erofs::writer::write_bootstrap(&tree, &records, &wopts, &mut out).context("writing the bootstrap")?;
     out.flush().context("writing the bootstrap")?;
     drop(out);
+    tmp.as_file().sync_all().context("syncing the bootstrap")?;
     let bootstrap = outdir.join("image.boot");
     std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .with_context(|| format!("chmod {}", tmp.path().display()))?;
+    // Names are durable only once their directory is synced: the blobs' names first, so a
+    // bootstrap that survives a crash never points at blobs that did not.
+    let sync_dir = |dir: &Path| -> Result<()> {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
+    };
+    if outdir.join("blobs").is_dir() {
+        sync_dir(&outdir.join("blobs"))?;
+    }
     tmp.persist(&bootstrap).with_context(|| format!("renaming to {}", bootstrap.display()))?;
+    sync_dir(outdir)?;
     Ok(BuildReport { bootstrap, blobs, chunks: store.stats.clone(), write, nodes: tree.nodes.len() })
 }
 
