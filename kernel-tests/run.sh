@@ -142,7 +142,7 @@ run_kernel() {
     local disk="$work/disk.img"
     # Room for the inputs plus the cache files the tests fill (each image may be cached twice).
     local disk_mb=$(( $(du -sm "$work/data" | cut -f1) * 3 + 512 ))
-    mkfs.ext4 -q -F -L ktest -d "$work/data" "$disk" "${disk_mb}M" || die "mkfs.ext4 failed"
+    mkfs.ext4 -q -F -L ktest -d "$work/data" "$disk" "${disk_mb}M" >/dev/null || die "mkfs.ext4 failed"
 
     # Initramfs: busybox-static + /init + tests + guest binaries.
     local root="$work/initramfs"
@@ -168,8 +168,7 @@ run_kernel() {
     tr -d '\r' <"$log" >"$log.tmp" && mv "$log.tmp" "$log"
 
     # Copy the guest's results back out of the ext4 image (best effort, for inspection).
-    mkdir -p "$work/results"
-    debugfs -R "rdump /results $work/results" "$disk" >/dev/null 2>&1 || true
+    debugfs -R "rdump /results $work" "$disk" >/dev/null 2>&1 || true
 
     local pass=0 fail=0 line
     for t in "${TESTS[@]}"; do

@@ -63,3 +63,26 @@ latency() {
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 
 mounted() { grep -q " $1 erofs " /proc/mounts; }
+
+# children_of PID: pids whose parent is PID (busybox here has no pgrep).
+children_of() {
+    parent=$1
+    for st in /proc/[0-9]*/stat; do
+        line=$(cat "$st" 2>/dev/null) || continue
+        set -- $line
+        if [ "${4:-}" = "$parent" ]; then echo "$1"; fi
+    done
+    return 0
+}
+
+# On any exit (a failed test included) leave no daemon or mount behind for the next test.
+cleanup_daemon() {
+    if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+        kill -TERM "$DAEMON_PID" 2>/dev/null
+        i=0
+        while kill -0 "$DAEMON_PID" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        kill -KILL "$DAEMON_PID" 2>/dev/null || true
+    fi
+    for m in $(grep " erofs " /proc/mounts | cut -d' ' -f2 | grep '^/mnt/'); do umount -l "$m" 2>/dev/null || true; done
+}
+trap cleanup_daemon EXIT

@@ -8,7 +8,7 @@
 img=$(cat "$ERO_IN/bench-image")
 start_daemon --supervise
 sup=$DAEMON_PID
-worker() { pgrep -P "$sup" | head -n 1; }
+worker() { children_of "$sup" | head -n 1; }
 w1=$(worker); [ -n "$w1" ] || fail "no daemon child under the supervisor"
 echo "supervisor $sup, daemon $w1"
 mkdir -p /mnt/fo
