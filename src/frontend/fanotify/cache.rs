@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::core::blob::Blob;
 use crate::core::fill::Target;
+use crate::core::readiness::Readiness;
 use crate::daemon::supervisor::fd_store;
 
 pub struct CacheFile {
@@ -34,6 +35,8 @@ pub struct CacheFile {
     /// Whether the FAN_PRE_ACCESS mark is on (false once the blob is complete).
     marked: AtomicBool,
     users: Mutex<usize>,
+    /// Groups a read-ahead fill was started for (so each is asked for once).
+    pub prefetch_requested: Readiness,
 }
 
 impl CacheFile {
@@ -123,6 +126,7 @@ impl Registry {
             target,
             marked: AtomicBool::new(!complete),
             users: Mutex::new(1),
+            prefetch_requested: Readiness::new(blob.map.group_count() as usize),
         });
         self.by_inode.write().expect("registry").insert((cf.dev, cf.ino), cf.clone());
         by_id.insert(blob.id.clone(), cf.clone());

@@ -22,6 +22,8 @@ use crate::core::fill::Filler;
 
 /// Read buffer: many events per read() under a storm (each pre-content event is 48 bytes).
 const READ_BUF: usize = 64 * 1024;
+/// How far ahead a sequential reader's fills run.
+pub const PREFETCH_BYTES: u64 = 2 << 20;
 /// Events one read() can return beyond the last fd the journal saw (sweep margin).
 pub const SWEEP_MARGIN: i32 = (READ_BUF / 48) as i32 + 64;
 
@@ -104,6 +106,9 @@ impl Server {
 
     /// The event loop; returns when `stop` becomes readable.
     pub fn run(self: Arc<Self>, stop: OwnedFd) {
+        // Every blocked reader waits on this thread: on a busy machine let it run first.
+        // SAFETY: setpriority on our own thread id; failure (no CAP_SYS_NICE) is harmless.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10) };
         let mut buf = vec![0u8; READ_BUF];
         loop {
             let mut fds = [
@@ -176,8 +181,11 @@ impl Server {
         if cf.target.is_ready(range.offset, range.count) {
             self.metrics.fast_allowed.fetch_add(1, Ordering::Relaxed);
             self.respond(raw, Response::ALLOW);
+            drop(fd);
+            self.maybe_prefetch(&cf, range.offset, range.count);
             return;
         }
+        self.maybe_prefetch(&cf, range.offset, range.count);
         let slot = self.journal.record(&Entry { fd: raw, offset: range.offset, count: range.count, blob: cf.id_bytes() });
         let this = self.clone();
         self.rt.spawn(async move {
@@ -199,6 +207,35 @@ impl Server {
             drop(fd);
             this.after_fill(&cf);
         });
+    }
+
+    /// Sequential reading (the group before this range is already filled) makes the groups
+    /// after it likely next: start filling them now, one task per group so each becomes ready
+    /// on its own, without anyone waiting; the reader's next events then find them ready or in
+    /// flight (the core coalesces). Runs on fast-path events too, so a sequential reader never
+    /// reaches the end of the window. Random reads rarely meet the condition.
+    fn maybe_prefetch(self: &Arc<Self>, cf: &Arc<CacheFile>, offset: u64, count: u64) {
+        let gs = cf.target.blob.map.group_size();
+        let size = cf.target.blob.size();
+        if offset < gs || !cf.target.is_ready(offset - gs, 1) {
+            return;
+        }
+        let start = (offset + count).div_ceil(gs) * gs;
+        let end = (start + PREFETCH_BYTES.max(gs)).min(size);
+        let mut at = start;
+        while at < end {
+            let g = (at / gs) as usize;
+            if !cf.target.readiness().is_ready(g) && cf.prefetch_requested.set_ready(g) {
+                self.metrics.prefetches.fetch_add(1, Ordering::Relaxed);
+                let (this, cf) = (self.clone(), cf.clone());
+                self.rt.spawn(async move {
+                    if this.filler.fill(&cf.target, at, 1).await.is_ok() {
+                        this.after_fill(&cf);
+                    }
+                });
+            }
+            at += gs;
+        }
     }
 
     fn after_fill(&self, cf: &CacheFile) {

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub respond_errors: AtomicU64,
     /// Marks removed because a blob became complete.
     pub marks_removed: AtomicU64,
+    /// Read-ahead fills started for sequential readers.
+    pub prefetches: AtomicU64,
     /// Events of a previous worker answered from the journal after a restart.
     pub replayed: AtomicU64,
     /// Unjournaled events of a previous worker found by the fd sweep and answered EIO.
@@ -36,6 +38,7 @@ impl Metrics {
             "respond_errors": g(&self.respond_errors),
             "marks_removed": g(&self.marks_removed),
             "replayed": g(&self.replayed),
+            "prefetches": g(&self.prefetches),
             "orphans_denied": g(&self.orphans_denied),
         })
     }
