@@ -1,7 +1,8 @@
 //! The fetch core both kernel front-ends share. It knows blobs, groups, sources and targets;
 //! it knows nothing about /dev/cachefiles or fanotify.
 //!
-//! * [`source`] — where stored blob bytes come from (a local directory; a registry later);
+//! * [`source`] — where stored blob bytes come from (a local directory);
+//! * [`registry`] — an OCI distribution registry as a source (range GETs, auth, retries);
 //! * [`blob`] — one blob: record, group map, source, fetch-verify-decode of a group run;
 //! * [`images`] — loaded images and the blobs they share;
 //! * [`fill`] — make a range of a target hold verified data, single-flight per group;
@@ -14,5 +15,6 @@ pub mod blob;
 pub mod fill;
 pub mod images;
 pub mod readiness;
+pub mod registry;
 pub mod source;
 pub mod writer;
