@@ -176,25 +176,34 @@ async fn serve_read(shared: &Arc<Shared>, obj: &Arc<Object>, r: ReadRequest) -> 
 /// How far ahead of a sequential reader groups are fetched. The kernel asks for at most its
 /// readahead window (128 KiB by default) per READ and waits for each; without prefetch every
 /// group boundary costs a full fetch-verify-write round trip on the reader's critical path.
-const PREFETCH_BYTES: u64 = 2 << 20;
+const PREFETCH_BYTES: u64 = 4 << 20;
+/// The prefetch window is filled in pieces of this size, each its own fetch and decode task, so
+/// decoding uses every CPU while the reader waits.
+const PREFETCH_PIECE: u64 = 1 << 20;
 /// A READ starting within this distance of where the previous one ended counts as sequential.
 const SEQUENTIAL_SLACK: u64 = 1 << 20;
 
-/// Starts a background fill of the range after `r` when reads of this object look sequential.
-/// It is not awaited: a READ that reaches a group being prefetched waits for that group only
+/// Starts background fills of the range after `r` when reads of this object look sequential.
+/// They are not awaited: a READ that reaches a group being prefetched waits for that group only
 /// (single flight in the fill engine). Failures are logged by the engine and cost nothing else.
 fn maybe_prefetch(shared: &Arc<Shared>, obj: &Object, target: &Arc<Target>, r: ReadRequest) {
     let end = r.off.saturating_add(r.len);
     let prev = obj.last_end.swap(end, Ordering::Relaxed);
     let sequential = prev != 0 && r.off.abs_diff(prev) <= SEQUENTIAL_SLACK;
-    if !sequential || end >= target.blob.size() || target.is_ready(end, PREFETCH_BYTES) {
+    if !sequential || end >= target.blob.size() {
         return;
     }
-    let (filler, target) = (shared.filler.clone(), target.clone());
-    shared.metrics.prefetches.fetch_add(1, Ordering::Relaxed);
-    shared.rt.spawn(async move {
-        let _ = filler.fill(&target, end, PREFETCH_BYTES).await;
-    });
+    let mut at = end;
+    while at < end + PREFETCH_BYTES && at < target.blob.size() {
+        if !target.is_ready(at, PREFETCH_PIECE) {
+            let (filler, target) = (shared.filler.clone(), target.clone());
+            shared.metrics.prefetches.fetch_add(1, Ordering::Relaxed);
+            shared.rt.spawn(async move {
+                let _ = filler.fill(&target, at, PREFETCH_PIECE).await;
+            });
+        }
+        at += PREFETCH_PIECE;
+    }
 }
 
 fn scan_with_retry(t: &Target) -> io::Result<usize> {
