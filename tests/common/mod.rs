@@ -8,4 +8,5 @@ pub mod devtable;
 pub mod env;
 pub mod fixtures;
 pub mod mount;
+pub mod registry;
 pub mod snapshot;

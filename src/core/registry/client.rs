@@ -258,7 +258,9 @@ impl Session {
     where
         F: Fn(&reqwest::Client) -> RequestBuilder,
     {
-        let mut reauthenticated = false;
+        // One re-authentication after an anonymous probe (the first challenge) and one after a
+        // rejected credential (an expired token): a third 401 goes back to the caller.
+        let (mut probed, mut refreshed) = (false, false);
         loop {
             let presented = self.present().await?;
             let mut rb = build(&self.http);
@@ -266,10 +268,14 @@ impl Session {
                 rb = rb.header(AUTHORIZATION, h);
             }
             let resp = rb.send().await.map_err(|e| transport_failure(what, e))?;
-            if resp.status() != StatusCode::UNAUTHORIZED || reauthenticated {
+            if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
-            reauthenticated = true;
+            let used = if presented.header.is_some() { &mut refreshed } else { &mut probed };
+            if *used {
+                return Ok(resp);
+            }
+            *used = true;
             self.on_unauthorized(what, resp.headers(), &presented).await?;
         }
     }

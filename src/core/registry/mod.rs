@@ -272,6 +272,7 @@ impl RegistrySource {
 
 async fn stream_verified(mut resp: Response, id: &str, dest: &Path, what: &str) -> Result<u64, Failure> {
     let io_fail = |e: io::Error| Failure::Final(io::Error::new(e.kind(), format!("writing {}: {e}", dest.display())));
+    let announced = resp.content_length();
     let mut f = tokio::fs::File::create(dest).await.map_err(io_fail)?;
     let mut hasher = Sha256::new();
     let mut n = 0u64;
@@ -280,7 +281,7 @@ async fn stream_verified(mut resp: Response, id: &str, dest: &Path, what: &str) 
         n += c.len() as u64;
         f.write_all(&c).await.map_err(io_fail)?;
     }
-    if let Some(cl) = resp.content_length() {
+    if let Some(cl) = announced {
         if cl != n {
             return Err(Failure::retry(io::ErrorKind::UnexpectedEof, format!("{what}: body has {n} of {cl} bytes")));
         }
