@@ -11,6 +11,8 @@ ktest-cachefiles serve --dir "$CACHE" --tag erofsd-test \
     --object boot1="$KTEST_IN/boot1.img" --object blob1="$KTEST_IN/blob1" \
     --ready-file /tmp/daemon.ready --log "$LOG" &
 pid=$!
+# On any failure: unmount first (reads would block on a dead daemon), then stop the daemon.
+trap 'umount "$MNT" 2>/dev/null; kill -KILL $pid 2>/dev/null' EXIT
 i=0
 while [ ! -e /tmp/daemon.ready ]; do
     kill -0 $pid 2>/dev/null || fail "daemon exited before binding"
@@ -24,6 +26,7 @@ umount "$MNT"
 
 kill -TERM $pid
 rc=0; wait $pid || rc=$?
+trap - EXIT
 [ $rc = 0 ] || fail "daemon exited with $rc (see $LOG)"
 
 grep -q '^OPEN .* volume=erofs,boot1 cookie=boot1 ' "$LOG" || fail "no OPEN for the bootstrap cookie"
