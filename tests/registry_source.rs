@@ -167,6 +167,18 @@ async fn bearer_tokens_are_fetched_cached_and_refreshed() {
     assert_eq!(src.tokens_fetched(), 1, "one token serves every request while fresh");
     let issued = ts.issued();
 
+    // Many concurrent first requests (as the fill engine makes them): one token, single flight.
+    let shared = Arc::new(source(RegistryConfig::new(&reg.url, REPO)));
+    let mut tasks = Vec::new();
+    for i in 0..16u64 {
+        let (s, id) = (shared.clone(), id.clone());
+        tasks.push(tokio::spawn(async move { s.read_range(&id, i * 1000, 1000).await }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert!(t.await.unwrap().unwrap() == data[i * 1000..(i + 1) * 1000]);
+    }
+    assert_eq!(shared.tokens_fetched(), 1, "concurrent 401s share one token fetch");
+
     // The registry rejects a token whose exp (plus its 60 s leeway) has passed while we still
     // trust it: the 401 triggers exactly one refresh, and the request succeeds.
     ts.policy.lock().unwrap().exp_offset = -120;
@@ -186,7 +198,7 @@ async fn bearer_tokens_are_fetched_cached_and_refreshed() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(src3.read_range(&id, 10, 10).await.unwrap(), &data[10..20]);
     assert_eq!(src3.tokens_fetched(), 2, "expired token refreshed before the request");
-    assert!(ts.issued() >= issued + 4);
+    assert!(ts.issued() >= issued + 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,12 +300,12 @@ async fn faults_are_retried_bounded_and_never_become_wrong_data() {
     let front = FaultFront::start(format!("127.0.0.1:{}", reg.port).parse().unwrap()).await;
     let mut cfg = RegistryConfig::new(front.url(), REPO);
     cfg.retry = fast_retry(3);
-    cfg.transport.read_timeout = Duration::from_millis(500);
+    cfg.transport.read_timeout = Duration::from_secs(1);
     let src = source(cfg);
     let want = &stored[1000..9000];
 
     // One fault of each transient kind, then a clean answer: retried, right bytes.
-    for fault in [Fault::Status(503), Fault::TooManyRequests, Fault::Truncate, Fault::Kill, Fault::Delay(Duration::from_secs(2))] {
+    for fault in [Fault::Status(503), Fault::TooManyRequests, Fault::Truncate, Fault::Kill, Fault::Delay(Duration::from_secs(3))] {
         let before = front.count();
         front.push(fault.clone());
         let got = src
@@ -308,7 +320,7 @@ async fn faults_are_retried_bounded_and_never_become_wrong_data() {
     for (fault, expect) in [
         (Fault::Status(502), "502"),
         (Fault::Truncate, "after 4000 of 8000 bytes"),
-        (Fault::Delay(Duration::from_secs(2)), "timed out"),
+        (Fault::Delay(Duration::from_secs(3)), "timed out"),
     ] {
         let before = front.count();
         front.set_always(Some(fault.clone()));
@@ -327,7 +339,7 @@ async fn faults_are_retried_bounded_and_never_become_wrong_data() {
     // Through the fill engine: wrong bytes end as a CRC error and nothing reaches the target.
     let blob = Blob::new(rec.clone(), Arc::new(src)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let file = std::fs::OpenOptions::new().create(true).read(true).write(true).open(dir.path().join("target")).unwrap();
+    let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("target")).unwrap();
     file.set_len(blob.size()).unwrap();
     let target = Target::new(blob.clone(), OwnedFd::from(file.try_clone().unwrap()));
     let filler = Filler::new(Writer::start(), 4);

@@ -124,7 +124,7 @@ pub fn parse_challenges(header: &str) -> Vec<Challenge> {
                 v
             } else {
                 let vs = j;
-                while j < b.len() && is_tchar(b[j]) || (j < b.len() && b[j] == b'=') {
+                while j < b.len() && (is_tchar(b[j]) || b[j] == b'=') {
                     j += 1;
                 }
                 header[vs..j].to_string()
