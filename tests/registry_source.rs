@@ -330,6 +330,12 @@ async fn faults_are_retried_bounded_and_never_become_wrong_data() {
         assert!(e.contains("gave up after 3 attempts") && e.to_lowercase().contains(expect), "{fault:?}: {e}");
     }
 
+    // A front that drops Range: the whole (small) blob comes back with 200 and is sliced.
+    let before = front.count();
+    front.push(Fault::IgnoreRange);
+    assert!(src.read_range(&id, 1000, 8000).await.unwrap() == want);
+    assert_eq!(front.count() - before, 1);
+
     // A final status is not retried.
     let before = front.count();
     front.push(Fault::Status(403));
@@ -395,4 +401,45 @@ async fn redirects_are_followed_without_the_authorization_header() {
     assert_eq!(storage.count(), 1);
     assert_eq!(storage.auth_seen.lock().unwrap()[0], None, "Authorization must not leave the registry's host");
     assert!(front.auth_seen.lock().unwrap().last().unwrap().as_deref().is_some_and(|a| a.starts_with("Basic ")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_pushed_by_skopeo_oci_and_docker_v2s2() {
+    let test = "manifests_pushed_by_skopeo_oci_and_docker_v2s2";
+    if !require_registry(test) || !common::env::require_tools(test, &["umoci", "skopeo"]) {
+        return;
+    }
+    let reg = Registry::start("", None);
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let l = layout.to_str().unwrap();
+    run(&["umoci", "init", "--layout", l]);
+    run(&["umoci", "new", "--image", &format!("{l}:t")]);
+    let src = source(RegistryConfig::new(&reg.url, REPO));
+    for (tag, format, media) in [
+        ("oci", "oci", "application/vnd.oci.image.manifest.v1+json"),
+        ("v2s2", "v2s2", "application/vnd.docker.distribution.manifest.v2+json"),
+    ] {
+        run(&[
+            "skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--format", format,
+            &format!("oci:{l}:t"), &format!("docker://{}/{REPO}:{tag}", reg.host_port()),
+        ]);
+        let m = src.fetch_manifest(tag).await.unwrap();
+        assert_eq!(m.media_type, media);
+        let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
+        let config = v["config"]["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap().to_string();
+        let dest = dir.path().join(format!("config-{tag}"));
+        let n = src.download_blob(&config, &dest).await.unwrap();
+        assert_eq!(n, v["config"]["size"].as_u64().unwrap());
+        assert_eq!(hex::encode(Sha256::digest(std::fs::read(&dest).unwrap())), config);
+        assert_eq!(src.fetch_manifest(&m.digest).await.unwrap().bytes, m.bytes);
+    }
+    // A digest that does not exist: a final NotFound, and no file is left behind.
+    let dest = dir.path().join("missing");
+    assert_eq!(src.download_blob(&"1".repeat(64), &dest).await.unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert!(!dest.exists());
 }

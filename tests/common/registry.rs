@@ -309,6 +309,8 @@ pub enum Fault {
     Corrupt,
     /// Answer 307 to this base URL plus the request path.
     Redirect(String),
+    /// Drop the request's `Range` header, so the registry answers 200 with the whole blob.
+    IgnoreRange,
 }
 
 /// A reverse proxy in front of a registry that applies a queue of faults, one per request
@@ -366,6 +368,14 @@ impl FaultFront {
                         Some(Fault::Delay(d)) => tokio::time::sleep(*d).await,
                         _ => {}
                     }
+                    let head = if matches!(fault, Some(Fault::IgnoreRange)) {
+                        head.split("\r\n")
+                            .filter(|l| !l.split_once(':').is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("range")))
+                            .collect::<Vec<_>>()
+                            .join("\r\n")
+                    } else {
+                        head
+                    };
                     let Ok(mut up) = TcpStream::connect(upstream).await else { return };
                     if up.write_all(with_close(&head).as_bytes()).await.is_err() {
                         return;
