@@ -330,6 +330,17 @@ async fn faults_are_retried_bounded_and_never_become_wrong_data() {
         assert!(e.contains("gave up after 3 attempts") && e.to_lowercase().contains(expect), "{fault:?}: {e}");
     }
 
+    // The whole-request timeout bounds an answer even when reads never idle long enough.
+    let mut slow = RegistryConfig::new(front.url(), REPO);
+    slow.retry = fast_retry(2);
+    slow.transport.read_timeout = Duration::from_secs(30);
+    slow.transport.request_timeout = Duration::from_millis(700);
+    let before = front.count();
+    front.set_always(Some(Fault::Delay(Duration::from_secs(2))));
+    let e = source(slow).read_range(&id, 1000, 8000).await.unwrap_err();
+    front.set_always(None);
+    assert_eq!((front.count() - before, e.kind()), (2, io::ErrorKind::TimedOut), "{e}");
+
     // A front that drops Range: the whole (small) blob comes back with 200 and is sliced.
     let before = front.count();
     front.push(Fault::IgnoreRange);

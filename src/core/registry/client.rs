@@ -30,6 +30,9 @@ pub struct TransportOptions {
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of an answer (headers or body).
     pub read_timeout: Duration,
+    /// Longest time for one whole request, answer included: bounds a server that trickles bytes
+    /// just fast enough to dodge `read_timeout`. Whole-blob downloads need it to be generous.
+    pub request_timeout: Duration,
 }
 
 impl Default for TransportOptions {
@@ -40,6 +43,7 @@ impl Default for TransportOptions {
             proxy: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -151,6 +155,7 @@ pub fn build_http(opts: &TransportOptions) -> io::Result<reqwest::Client> {
         .user_agent(concat!("erofsd/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(opts.connect_timeout)
         .read_timeout(opts.read_timeout)
+        .timeout(opts.request_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
         // Redirects (a registry sending blobs to object storage) are followed; reqwest drops
         // the Authorization header when the redirect leaves the registry's host and port.
