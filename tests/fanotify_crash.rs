@@ -109,3 +109,72 @@ fn fanotify_sigkill_worker_during_cold_read_storm() {
     d.stop();
     assert!(!erofsd::frontend::fanotify::sysmount::is_erofs_mount(&mnt.0), "clean stop left the mount up");
 }
+
+/// The worker dies for good (six SIGKILLs within the supervisor's restart window) while a
+/// reader waits on an unread event: the supervisor's failsafe answers it EIO (never zeros),
+/// unmounts, and only then lets the group go.
+#[test]
+fn fanotify_worker_beyond_restart_limit_fails_closed() {
+    let test = "fanotify_worker_beyond_restart_limit_fails_closed";
+    let s = fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let src = s.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 1).collect();
+    std::fs::write(src.join("f"), &data).unwrap();
+    let img = s.path().join("img");
+    cli::erofsd_build(&[&src], &img, &[]);
+    let mut d = Daemon::start_with(s.path(), true, "auto");
+    assert_eq!(d.info()["frontend"], "fanotify", "--frontend auto picks fanotify on this kernel");
+    let mnt = MountDir::new(s.path(), "mnt");
+    d.mount(&img, &mnt.0);
+
+    // Five crashes: each time the supervisor restarts the worker.
+    let mut pid = d.worker_pid();
+    for _ in 0..5 {
+        // SAFETY: signalling the worker we started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let t0 = Instant::now();
+        pid = loop {
+            let p = d.worker_pid();
+            if p != pid {
+                break p;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "worker was not restarted");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        d.wait_api();
+    }
+    // Freeze the last worker, start a cold read (its event stays queued), then kill it.
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let path = mnt.0.join("f");
+    let reader = std::thread::spawn(move || std::fs::read(path));
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // The frozen worker never answered: the failsafe denies, so the read fails with EIO.
+    match reader.join().unwrap() {
+        Ok(got) => panic!("read completed ({} bytes, {}) although nobody could fill it", got.len(), if got == data { "correct" } else { "WRONG" }),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "reader failed with {e}, expected EIO"),
+    }
+    // The supervisor gives up: it unmounted before releasing the group, and exits non-zero.
+    let mut sup = d.child.take().unwrap();
+    let t0 = Instant::now();
+    let st = loop {
+        if let Some(st) = sup.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = sup.kill();
+            let _ = sup.wait();
+            panic!("the supervisor did not finish its failsafe; log:\n{}", d.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!st.success(), "the supervisor should report the give-up");
+    assert!(!erofsd::frontend::fanotify::sysmount::is_erofs_mount(&mnt.0), "failsafe left the mount up");
+    eprintln!("supervisor exited with {st}; log tail:\n{}", d.log_text());
+}

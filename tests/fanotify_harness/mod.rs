@@ -23,13 +23,20 @@ pub struct Daemon {
     pub cache: PathBuf,
     pub socket: PathBuf,
     pub supervise: bool,
+    pub frontend: &'static str,
     log: PathBuf,
 }
 
 impl Daemon {
     /// Starts a daemon with its cache and socket under `dir`; waits until the API answers.
     pub fn start(dir: &Path, supervise: bool) -> Daemon {
+        Self::start_with(dir, supervise, "fanotify")
+    }
+
+    /// As [`Daemon::start`] with `--frontend <frontend>`.
+    pub fn start_with(dir: &Path, supervise: bool, frontend: &'static str) -> Daemon {
         let mut d = Daemon {
+            frontend,
             child: None,
             dir: dir.to_path_buf(),
             cache: dir.join("cache"),
@@ -45,7 +52,7 @@ impl Daemon {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut cmd = Command::new(cli::erofsd_bin());
-        cmd.args(["daemon", "--frontend", "fanotify", "--cache-dir"])
+        cmd.args(["daemon", "--frontend", self.frontend, "--cache-dir"])
             .arg(&self.cache)
             .arg("--api-socket")
             .arg(&self.socket)
@@ -100,6 +107,18 @@ impl Daemon {
             None::<&()>,
         ))
         .unwrap_or_else(|e| panic!("metrics: {e:#}\nlog:\n{}", self.log_text()))
+    }
+
+    /// `GET /api/v1/daemon`.
+    pub fn info(&self) -> serde_json::Value {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(erofsd::daemon::client::call_json::<serde_json::Value>(
+            &self.socket,
+            hyper::Method::GET,
+            "/api/v1/daemon",
+            None::<&()>,
+        ))
+        .unwrap_or_else(|e| panic!("daemon info: {e:#}\nlog:\n{}", self.log_text()))
     }
 
     /// Sum of a per-cache-file counter over all blobs.

@@ -34,6 +34,12 @@ pub fn before_release(held: &HashMap<String, OwnedFd>, wait_for_stop: &dyn Fn())
         return;
     };
     let mounts = state::load(&cache_dir.join("fanotify").join("mounts.json"));
+    // Events the dead worker had read but not answered are no longer in the queue: answer them
+    // by fd number (journaled ones and, by sweep, any other), like a restarted worker would.
+    let orphans = deny_orphans(&group, &cache_dir.join("fanotify").join("journal"));
+    if orphans > 0 {
+        warn!("supervisor: denied {orphans} event(s) the dead worker had taken (EIO)");
+    }
     error!("supervisor: the fanotify worker is gone for good; denying its events (EIO) and unmounting {} mount(s)", mounts.len());
     let stop = Arc::new(AtomicBool::new(false));
     let denier = {
@@ -58,6 +64,22 @@ pub fn before_release(held: &HashMap<String, OwnedFd>, wait_for_stop: &dyn Fn())
     }
     stop.store(true, Ordering::Release);
     let _ = denier.join();
+}
+
+/// Answers EIO to every read-but-unanswered event of the group: each journaled fd number and
+/// every other number up to the highest recorded plus one read batch. Every answer is a
+/// denial, so a number that matches nothing (ENOENT) or a new event costs nothing.
+fn deny_orphans(group: &Group, journal: &std::path::Path) -> usize {
+    let eio = Response::deny_errno(libc::EIO).expect("EIO");
+    let high = match super::journal::Journal::open(journal, false) {
+        Ok((_, left, high)) => left.iter().map(|e| e.fd).max().unwrap_or(-1).max(high),
+        Err(e) => {
+            warn!("supervisor: journal {}: {e}; sweeping the default range", journal.display());
+            1024
+        }
+    };
+    let limit = high.max(0) + super::listener::SWEEP_MARGIN;
+    (0..=limit).filter(|&fd| group.respond(fd, eio).is_ok()).count()
 }
 
 /// `<cache>/blobs/<id>` of any held write fd → `<cache>`.
