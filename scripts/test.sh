@@ -89,7 +89,10 @@ if $qemu; then
         summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log/qemu.log" | tail -1)
         if [[ $summary =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
             passed=$((passed + BASH_REMATCH[1])); failed=$((failed + BASH_REMATCH[2]))
-            ((BASH_REMATCH[2] > 0)) && failures+=("kernel-tests: ${BASH_REMATCH[2]} guest tests")
+            if ((BASH_REMATCH[2] > 0)); then
+                mapfile -t guest_failed < <(grep -oE '[0-9.]+: KTEST FAIL [^ ]+' "$log/qemu.log" | sort -u)
+                failures+=("${guest_failed[@]/#/kernel-tests }")
+            fi
             ((rc != 0 && BASH_REMATCH[2] == 0)) && fail_step "kernel-tests/run.sh exited $rc"
         else
             fail_step "kernel-tests/run.sh (exit $rc, no summary line)"
