@@ -37,6 +37,8 @@ pub struct CacheFile {
     users: Mutex<usize>,
     /// Groups a read-ahead fill was started for (so each is asked for once).
     pub prefetch_requested: Readiness,
+    /// End of the last access an event reported (read-ahead only follows sequential access).
+    pub last_end: std::sync::atomic::AtomicU64,
 }
 
 impl CacheFile {
@@ -127,6 +129,7 @@ impl Registry {
             marked: AtomicBool::new(!complete),
             users: Mutex::new(1),
             prefetch_requested: Readiness::new(blob.map.group_count() as usize),
+            last_end: std::sync::atomic::AtomicU64::new(0),
         });
         self.by_inode.write().expect("registry").insert((cf.dev, cf.ino), cf.clone());
         by_id.insert(blob.id.clone(), cf.clone());

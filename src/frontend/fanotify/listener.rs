@@ -23,7 +23,7 @@ use crate::core::fill::Filler;
 /// Read buffer: many events per read() under a storm (each pre-content event is 48 bytes).
 const READ_BUF: usize = 64 * 1024;
 /// How far ahead a sequential reader's fills run.
-pub const PREFETCH_BYTES: u64 = 2 << 20;
+pub const PREFETCH_BYTES: u64 = 4 << 20;
 /// Events one read() can return beyond the last fd the journal saw (sweep margin).
 pub const SWEEP_MARGIN: i32 = (READ_BUF / 48) as i32 + 64;
 
@@ -209,7 +209,8 @@ impl Server {
         });
     }
 
-    /// Sequential reading (the group before this range is already filled) makes the groups
+    /// Sequential reading (this access starts where the last one on the file ended, and the
+    /// group before it is already filled) makes the groups
     /// after it likely next: start filling them now, one task per group so each becomes ready
     /// on its own, without anyone waiting; the reader's next events then find them ready or in
     /// flight (the core coalesces). Runs on fast-path events too, so a sequential reader never
@@ -217,6 +218,11 @@ impl Server {
     fn maybe_prefetch(self: &Arc<Self>, cf: &Arc<CacheFile>, offset: u64, count: u64) {
         let gs = cf.target.blob.map.group_size();
         let size = cf.target.blob.size();
+        // Sequential = this access starts near where the previous one on this file ended.
+        let prev_end = cf.last_end.swap(offset + count, Ordering::Relaxed);
+        if offset + gs < prev_end || offset > prev_end + gs {
+            return;
+        }
         if offset < gs || !cf.target.is_ready(offset - gs, 1) {
             return;
         }
