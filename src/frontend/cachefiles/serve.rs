@@ -176,10 +176,10 @@ async fn serve_read(shared: &Arc<Shared>, obj: &Arc<Object>, r: ReadRequest) -> 
 /// How far ahead of a sequential reader groups are fetched. The kernel asks for at most its
 /// readahead window (128 KiB by default) per READ and waits for each; without prefetch every
 /// group boundary costs a full fetch-verify-write round trip on the reader's critical path.
-const PREFETCH_BYTES: u64 = 4 << 20;
+const PREFETCH_BYTES: u64 = 16 << 20;
 /// The prefetch window is filled in pieces of this size, each its own fetch and decode task, so
 /// decoding uses every CPU while the reader waits.
-const PREFETCH_PIECE: u64 = 1 << 20;
+const PREFETCH_PIECE: u64 = 2 << 20;
 /// A READ starting within this distance of where the previous one ended counts as sequential.
 const SEQUENTIAL_SLACK: u64 = 1 << 20;
 
