@@ -6,7 +6,8 @@
 #
 # Env: EROFSD (binary, default target/release/erofsd), BENCH_DIR (scratch, default
 # /var/cache/erofsd-test/scratch/bench-fanotify; must be ext4/xfs/btrfs), RANDOM_READS (4000),
-# REPS (3). Needs root and a 6.14+ kernel. Each cell is the fastest of REPS runs, native and
+# REPS (3), WARM_REPS (7), BUILD_ARGS (extra `erofsd build` flags, e.g. "--group-size 64K").
+# Needs root and a 6.14+ kernel. Each cell is the fastest of REPS runs, native and
 # fanotify interleaved (the build machines are shared: the minimum is the least disturbed run);
 # page caches are dropped before every cold run.
 # "cold" for fanotify = empty cache files and dropped page cache: every byte is fetched from the
@@ -56,7 +57,8 @@ mkdir -p "$work"
 rm -rf "$work/img" "$work/raw" "$work/cache" "$work/native" "$work/fan"
 mkdir -p "$work/native" "$work/fan"
 log "building the image of $tree"
-"$bin" build "$tree" -o "$work/img" >/dev/null 2>&1
+# shellcheck disable=SC2086 # BUILD_ARGS is a list of flags
+"$bin" build "$tree" -o "$work/img" ${BUILD_ARGS:-} >/dev/null 2>&1
 "$bin" check "$work/img" --blob-dir "$work/img/blobs" --write-raw "$work/raw" >/dev/null 2>&1
 mapfile -t ids < <(python3 - "$work/img/image.boot" <<'EOF'
 import struct, sys
