@@ -5,13 +5,14 @@
 //! remote source turns each call into one HTTP range request. Sources know nothing about
 //! groups, compression or the kernel.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -25,13 +26,31 @@ pub trait BlobSource: Send + Sync + 'static {
 }
 
 /// Blobs as files `<dir>/<sha256-hex>` on a local filesystem.
+///
+/// Open files are kept (one per blob): reopening per read would cost a path walk each time and,
+/// worse, throw away the kernel's readahead state for the blob file, which is what makes a
+/// sequential cold read of a local blob run at disk speed.
 pub struct LocalDirSource {
     dir: PathBuf,
+    open: Mutex<HashMap<String, Arc<File>>>,
 }
 
 impl LocalDirSource {
     pub fn new(dir: impl Into<PathBuf>) -> LocalDirSource {
-        LocalDirSource { dir: dir.into() }
+        LocalDirSource { dir: dir.into(), open: Mutex::new(HashMap::new()) }
+    }
+
+    /// The open blob file, opened on first use. A missing file is not remembered, so a blob
+    /// that appears later (copied in after the mount) is found.
+    fn file(&self, id: &str) -> io::Result<Arc<File>> {
+        if let Some(f) = self.open.lock().expect("open files").get(id) {
+            return Ok(f.clone());
+        }
+        let path = self.path_of(id)?;
+        let file = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("open blob {}: {e}", path.display())))?;
+        let file = Arc::new(file);
+        self.open.lock().expect("open files").insert(id.to_string(), file.clone());
+        Ok(file)
     }
 
     pub fn dir(&self) -> &Path {
@@ -52,13 +71,14 @@ pub const MAX_RANGE: u64 = 256 << 20;
 
 impl BlobSource for LocalDirSource {
     fn read_range(&self, id: &str, offset: u64, len: u64) -> BoxFuture<'_, io::Result<Vec<u8>>> {
-        let path = self.path_of(id);
+        let file = self.file(id);
+        let id = id.to_string();
         Box::pin(async move {
-            let path = path?;
+            let file = file?;
             if len > MAX_RANGE {
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("range of {len} bytes is too large")));
             }
-            tokio::task::spawn_blocking(move || read_exact_at(&path, offset, len))
+            tokio::task::spawn_blocking(move || read_exact_at(&file, &id, offset, len))
                 .await
                 .map_err(|e| io::Error::other(format!("blob read task failed: {e}")))?
         })
@@ -69,12 +89,10 @@ impl BlobSource for LocalDirSource {
     }
 }
 
-fn read_exact_at(path: &Path, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("open blob {}: {e}", path.display())))?;
+fn read_exact_at(file: &File, id: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset).map_err(|e| {
-        io::Error::new(e.kind(), format!("read {len} bytes at {offset} of blob {}: {e}", path.display()))
-    })?;
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| io::Error::new(e.kind(), format!("read {len} bytes at {offset} of blob {id}: {e}")))?;
     Ok(buf)
 }
 
