@@ -126,8 +126,9 @@ async fn open_read_close_through_a_standin_device() {
     // Its fd was closed, not leaked.
     assert_eq!(unsafe { libc::fcntl(other_fd as i32, libc::F_GETFD) }, -1);
 
-    // A READ whose fetch fails (blob file gone, group not yet cached) still completes.
-    std::fs::remove_file(out.join("blobs").join(&blob.id)).unwrap();
+    // A READ whose fetch fails (blob file truncated, group not yet cached) still completes.
+    // (Truncated, not removed: the source keeps blob files open.)
+    std::fs::OpenOptions::new().write(true).open(out.join("blobs").join(&blob.id)).unwrap().set_len(0).unwrap();
     send(&peer, &build::read(5, 11, 0, 4096));
     wait_for("failed READ", || shared.metrics.reads_failed.load(Ordering::Relaxed) == 1);
     wait_for("its completion", || shared.metrics.complete_errors.load(Ordering::Relaxed) == 2);
