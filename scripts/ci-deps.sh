@@ -13,7 +13,7 @@ PACKAGES=(
     # fixtures: debootstrap rootfs, xattrs and capabilities, copying with xattrs
     debootstrap attr libcap2-bin rsync python3 e2fsprogs util-linux
     # compression and measurement
-    zstd gzip tar time pkg-config
+    zstd gzip tar time pkg-config curl
 )
 
 missing=()

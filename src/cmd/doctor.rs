@@ -1,6 +1,6 @@
 //! `erofsd doctor`: which kernel front-ends this machine supports, and what is missing.
 
-use crate::frontend::cachefiles::probe::{config_option, erofs_registered, kernel_config, kernel_release, ConfigState};
+use crate::frontend::kernel::{config_option, erofs_registered, kernel_config, kernel_release, ConfigState};
 use crate::frontend::{cachefiles, fanotify, Support};
 
 #[derive(clap::Args, Debug)]

@@ -22,6 +22,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::warn;
 
 use super::blob::{Blob, FetchError};
+use super::readahead::ReadAheadState;
 use super::readiness::Readiness;
 use super::writer::Writer;
 
@@ -33,13 +34,20 @@ pub struct Target {
     fd: Arc<OwnedFd>,
     ready: Readiness,
     inflight: Mutex<HashMap<u32, watch::Receiver<Outcome>>>,
+    read_ahead: ReadAheadState,
 }
 
 impl Target {
     /// `fd` must be writable at any offset of the blob's address space.
     pub fn new(blob: Arc<Blob>, fd: OwnedFd) -> Arc<Target> {
-        let ready = Readiness::new(blob.map.group_count() as usize);
-        Arc::new(Target { blob, fd: Arc::new(fd), ready, inflight: Mutex::new(HashMap::new()) })
+        let groups = blob.map.group_count() as usize;
+        Arc::new(Target {
+            blob,
+            fd: Arc::new(fd),
+            ready: Readiness::new(groups),
+            inflight: Mutex::new(HashMap::new()),
+            read_ahead: ReadAheadState::new(groups),
+        })
     }
 
     /// Learns which groups the file already holds (after a restart, or a re-opened object).
@@ -49,6 +57,10 @@ impl Target {
 
     pub fn readiness(&self) -> &Readiness {
         &self.ready
+    }
+
+    pub fn read_ahead_state(&self) -> &ReadAheadState {
+        &self.read_ahead
     }
 
     pub fn fd(&self) -> &Arc<OwnedFd> {
@@ -250,62 +262,11 @@ fn runs_of(claims: &Claims) -> Vec<(u32, u32)> {
 
 #[cfg(test)]
 mod tests {
+    use super::tests_support::*;
     use super::*;
     use crate::core::source::LocalDirSource;
-    use erofs::blob::{BlobRecord, Compression, GroupEncoder};
-    use sha2::{Digest, Sha256};
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::Ordering;
-
-    const GS_LOG2: u8 = 16;
-
-    /// Address space of `pages` pages: half compressible text, half noise.
-    fn address_space(pages: usize) -> Vec<u8> {
-        let mut x = 0x1234_5678_9abc_def0u64;
-        (0..pages * 4096)
-            .map(|i| {
-                if (i / 65536) % 2 == 0 {
-                    b"erofsd fill engine "[i % 19]
-                } else {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                }
-            })
-            .collect()
-    }
-
-    /// Stores `data` as a zstd blob in `dir`; returns its record.
-    fn store(dir: &std::path::Path, data: &[u8]) -> BlobRecord {
-        let mut enc = GroupEncoder::new(Compression::Zstd, 3).unwrap();
-        let mut stored = Vec::new();
-        let mut groups = Vec::new();
-        for chunk in data.chunks(1 << GS_LOG2) {
-            let mut out = Vec::new();
-            groups.push(enc.encode(chunk, &mut out).unwrap());
-            stored.extend_from_slice(&out);
-        }
-        let id: [u8; 32] = Sha256::digest(&stored).into();
-        let rec = BlobRecord {
-            id,
-            stored_size: stored.len() as u64,
-            uncompressed_size: data.len() as u64,
-            compression: Compression::Zstd,
-            group_size_log2: GS_LOG2,
-            groups,
-        };
-        std::fs::write(dir.join(rec.id_hex()), &stored).unwrap();
-        rec
-    }
-
-    fn sparse_target(dir: &std::path::Path, blob: &Arc<Blob>) -> (Arc<Target>, std::fs::File) {
-        let path = dir.join("target");
-        let f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
-        f.set_len(blob.size()).unwrap();
-        let fd: OwnedFd = f.try_clone().unwrap().into();
-        (Target::new(blob.clone(), fd), f)
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_fills_fetch_each_group_once_and_write_exact_bytes() {
@@ -386,4 +347,100 @@ mod tests {
         let err = filler.fill(&t2, 0, 1).await.unwrap_err().to_string();
         assert!(err.contains("No such file"), "{err}");
     }
+}
+
+#[cfg(test)]
+mod read_ahead_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::core::readahead::ReadAheadPolicy;
+    use std::sync::atomic::Ordering;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequential_requests_fill_the_window_ahead_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = address_space(64); // 4 groups of 64 KiB
+        let rec = store(dir.path(), &data);
+        let blob = Blob::new(rec, Arc::new(crate::core::source::LocalDirSource::new(dir.path()))).unwrap();
+        let (target, _file) = sparse_target(dir.path(), &blob);
+        let filler = Filler::new(Writer::start(), 8);
+        let policy = ReadAheadPolicy { window: 128 << 10, piece: 64 << 10, slack: 64 << 10 };
+        let rt = tokio::runtime::Handle::current();
+        // The first request has no predecessor: no read-ahead.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);
+        // A random jump: none.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 200_000, 4096, || {}), 0);
+        // Continuing at 4096 after 0..4096 would be sequential, but 200_000 was last: reset first.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);
+        // Sequential: groups 1 and 2 (the 128 KiB after the request) are started, once.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 4096, 4096, || {}), 2);
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 8192, 4096, || {}), 0, "already requested");
+        for _ in 0..200 {
+            if target.readiness().ready_count() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(target.readiness().is_ready(1) && target.readiness().is_ready(2));
+        assert!(!target.readiness().is_ready(0) && !target.readiness().is_ready(3));
+        assert_eq!(blob.stats.groups.load(Ordering::Relaxed), 2);
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+    use erofs::blob::{BlobRecord, Compression, GroupEncoder};
+    use sha2::{Digest, Sha256};
+
+    const GS_LOG2: u8 = 16;
+
+    /// Address space of `pages` pages: half compressible text, half noise.
+    pub fn address_space(pages: usize) -> Vec<u8> {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        (0..pages * 4096)
+            .map(|i| {
+                if (i / 65536) % 2 == 0 {
+                    b"erofsd fill engine "[i % 19]
+                } else {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                }
+            })
+            .collect()
+    }
+
+    /// Stores `data` as a zstd blob in `dir`; returns its record.
+    pub fn store(dir: &std::path::Path, data: &[u8]) -> BlobRecord {
+        let mut enc = GroupEncoder::new(Compression::Zstd, 3).unwrap();
+        let mut stored = Vec::new();
+        let mut groups = Vec::new();
+        for chunk in data.chunks(1 << GS_LOG2) {
+            let mut out = Vec::new();
+            groups.push(enc.encode(chunk, &mut out).unwrap());
+            stored.extend_from_slice(&out);
+        }
+        let id: [u8; 32] = Sha256::digest(&stored).into();
+        let rec = BlobRecord {
+            id,
+            stored_size: stored.len() as u64,
+            uncompressed_size: data.len() as u64,
+            compression: Compression::Zstd,
+            group_size_log2: GS_LOG2,
+            groups,
+        };
+        std::fs::write(dir.join(rec.id_hex()), &stored).unwrap();
+        rec
+    }
+
+    pub fn sparse_target(dir: &std::path::Path, blob: &Arc<Blob>) -> (Arc<Target>, std::fs::File) {
+        let path = dir.join("target");
+        let f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
+        f.set_len(blob.size()).unwrap();
+        let fd: OwnedFd = f.try_clone().unwrap().into();
+        (Target::new(blob.clone(), fd), f)
+    }
+
 }

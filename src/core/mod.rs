@@ -6,6 +6,7 @@
 //! * [`blob`] — one blob: record, group map, source, fetch-verify-decode of a group run;
 //! * [`images`] — loaded images and the blobs they share;
 //! * [`fill`] — make a range of a target hold verified data, single-flight per group;
+//! * [`readahead`] — background fills ahead of sequential readers;
 //! * [`readiness`] — which groups a target already holds, rebuilt from the file itself;
 //! * [`writer`] — io_uring (or pwrite) writes into targets;
 //! * [`aligned`] — page-aligned buffers (cachefiles writes with O_DIRECT).
@@ -14,6 +15,7 @@ pub mod aligned;
 pub mod blob;
 pub mod fill;
 pub mod images;
+pub mod readahead;
 pub mod readiness;
 pub mod registry;
 pub mod source;

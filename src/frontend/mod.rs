@@ -78,6 +78,7 @@ pub fn mount_key(p: &Path) -> PathBuf {
 
 pub mod cachefiles;
 pub mod fanotify;
+pub mod kernel;
 
 /// What `erofsd doctor` and `--frontend auto` learn about one front-end.
 #[derive(Clone, Debug, Serialize)]

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::core::fill::Target;
@@ -28,8 +27,6 @@ pub struct Object {
     /// Readiness of a blob object is learned from the cache file at the first READ: right after
     /// `copen` the kernel may not have opened the backing file yet (`lseek` → ENOBUFS).
     pub scanned: OnceLock<()>,
-    /// End of the last READ on this object, to spot sequential reading (prefetch).
-    pub last_end: AtomicU64,
 }
 
 impl Object {

@@ -5,64 +5,12 @@
 //! throwaway cache in a temporary directory and closes it again. `CONFIG_EROFS_FS_ONDEMAND` can
 //! only be read from the kernel config (when the distribution ships it) or learned by mounting.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cachefiles::{Command, Device, DEVICE_PATH};
 
+use crate::frontend::kernel::{config_option, erofs_registered, kernel_config, ConfigState};
 use crate::frontend::Support;
-
-/// A kernel config option's state, from /proc/config.gz or /boot/config-$(uname -r).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigState {
-    Yes,
-    Module,
-    No,
-    /// No kernel config is readable here.
-    Unknown,
-}
-
-pub fn kernel_release() -> String {
-    // SAFETY: uname fills a zeroed struct; release is NUL-terminated.
-    unsafe {
-        let mut u: libc::utsname = std::mem::zeroed();
-        if libc::uname(&mut u) != 0 {
-            return "unknown".into();
-        }
-        std::ffi::CStr::from_ptr(u.release.as_ptr()).to_string_lossy().into_owned()
-    }
-}
-
-/// The kernel config text, if this system exposes it.
-pub fn kernel_config() -> Option<(String, PathBuf)> {
-    let gz = Path::new("/proc/config.gz");
-    if let Ok(f) = std::fs::File::open(gz) {
-        let mut s = String::new();
-        if flate2::read::GzDecoder::new(f).read_to_string(&mut s).is_ok() {
-            return Some((s, gz.into()));
-        }
-    }
-    let boot = PathBuf::from(format!("/boot/config-{}", kernel_release()));
-    std::fs::read_to_string(&boot).ok().map(|s| (s, boot))
-}
-
-pub fn config_option(config: Option<&str>, name: &str) -> ConfigState {
-    let Some(text) = config else { return ConfigState::Unknown };
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
-            return match v {
-                "y" => ConfigState::Yes,
-                "m" => ConfigState::Module,
-                _ => ConfigState::No,
-            };
-        }
-    }
-    ConfigState::No
-}
-
-pub fn erofs_registered() -> bool {
-    std::fs::read_to_string("/proc/filesystems").map(|s| s.lines().any(|l| l.trim_end().ends_with("erofs"))).unwrap_or(false)
-}
 
 /// Processes holding `path` open (pid, command name), found through /proc/*/fd.
 pub fn holders_of(path: &Path) -> Vec<(u32, String)> {

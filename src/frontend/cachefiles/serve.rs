@@ -20,6 +20,7 @@ use super::objects::{Kind, Object, ObjectTable};
 use super::registry::{Lookup, Registry};
 use crate::core::aligned::{AlignedBuf, PAGE};
 use crate::core::fill::{Filler, Target};
+use crate::core::readahead::ReadAheadPolicy;
 use crate::core::images::Image;
 
 /// Everything the handlers share.
@@ -67,7 +68,6 @@ pub fn handle_open(shared: &Arc<Shared>, o: OpenRequest<OwnedFd>) {
         cookie: keys.cookie.clone(),
         kind,
         scanned: Default::default(),
-        last_end: Default::default(),
     });
     if let Some(old) = shared.objects.insert(obj.clone()) {
         debug!("object {} re-opened (stale entry for {} dropped)", o.object_id, old.cookie);
@@ -167,43 +167,21 @@ async fn serve_read(shared: &Arc<Shared>, obj: &Arc<Object>, r: ReadRequest) -> 
                 }
                 let _ = obj.scanned.set(());
             }
-            maybe_prefetch(shared, obj, target, r);
+            maybe_prefetch(shared, target, r);
             shared.filler.fill(target, r.off, r.len).await.map_err(|e| e.to_string())
         }
     }
 }
 
-/// How far ahead of a sequential reader groups are fetched. The kernel asks for at most its
-/// readahead window (128 KiB by default) per READ and waits for each; without prefetch every
-/// group boundary costs a full fetch-verify-write round trip on the reader's critical path.
-const PREFETCH_BYTES: u64 = 16 << 20;
-/// The prefetch window is filled in pieces of this size, each its own fetch and decode task, so
-/// decoding uses every CPU while the reader waits.
-const PREFETCH_PIECE: u64 = 2 << 20;
-/// A READ starting within this distance of where the previous one ended counts as sequential.
-const SEQUENTIAL_SLACK: u64 = 1 << 20;
+/// Read-ahead for a sequential reader. The kernel asks for at most its readahead window
+/// (128 KiB by default) per READ and waits for each; 16 MiB ahead in 2 MiB pieces (each its own
+/// fetch and decode, so decoding uses every CPU while the reader waits) measured best in the
+/// guest benchmark: 2.3x -> 1.6x native for a cold full read; 32 MiB in 4 MiB pieces was worse.
+const READ_AHEAD: ReadAheadPolicy = ReadAheadPolicy { window: 16 << 20, piece: 2 << 20, slack: 1 << 20 };
 
-/// Starts background fills of the range after `r` when reads of this object look sequential.
-/// They are not awaited: a READ that reaches a group being prefetched waits for that group only
-/// (single flight in the fill engine). Failures are logged by the engine and cost nothing else.
-fn maybe_prefetch(shared: &Arc<Shared>, obj: &Object, target: &Arc<Target>, r: ReadRequest) {
-    let end = r.off.saturating_add(r.len);
-    let prev = obj.last_end.swap(end, Ordering::Relaxed);
-    let sequential = prev != 0 && r.off.abs_diff(prev) <= SEQUENTIAL_SLACK;
-    if !sequential || end >= target.blob.size() {
-        return;
-    }
-    let mut at = end;
-    while at < end + PREFETCH_BYTES && at < target.blob.size() {
-        if !target.is_ready(at, PREFETCH_PIECE) {
-            let (filler, target) = (shared.filler.clone(), target.clone());
-            shared.metrics.prefetches.fetch_add(1, Ordering::Relaxed);
-            shared.rt.spawn(async move {
-                let _ = filler.fill(&target, at, PREFETCH_PIECE).await;
-            });
-        }
-        at += PREFETCH_PIECE;
-    }
+fn maybe_prefetch(shared: &Arc<Shared>, target: &Arc<Target>, r: ReadRequest) {
+    let started = shared.filler.read_ahead(&shared.rt, target, &READ_AHEAD, r.off, r.len, || {});
+    shared.metrics.prefetches.fetch_add(started as u64, Ordering::Relaxed);
 }
 
 fn scan_with_retry(t: &Target) -> io::Result<usize> {

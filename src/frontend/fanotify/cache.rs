@@ -24,7 +24,6 @@ use tracing::{info, warn};
 
 use crate::core::blob::Blob;
 use crate::core::fill::Target;
-use crate::core::readiness::Readiness;
 use crate::daemon::supervisor::fd_store;
 
 pub struct CacheFile {
@@ -35,10 +34,6 @@ pub struct CacheFile {
     /// Whether the FAN_PRE_ACCESS mark is on (false once the blob is complete).
     marked: AtomicBool,
     users: Mutex<usize>,
-    /// Groups a read-ahead fill was started for (so each is asked for once).
-    pub prefetch_requested: Readiness,
-    /// End of the last access an event reported (read-ahead only follows sequential access).
-    pub last_end: std::sync::atomic::AtomicU64,
 }
 
 impl CacheFile {
@@ -128,8 +123,6 @@ impl Registry {
             target,
             marked: AtomicBool::new(!complete),
             users: Mutex::new(1),
-            prefetch_requested: Readiness::new(blob.map.group_count() as usize),
-            last_end: std::sync::atomic::AtomicU64::new(0),
         });
         self.by_inode.write().expect("registry").insert((cf.dev, cf.ino), cf.clone());
         by_id.insert(blob.id.clone(), cf.clone());

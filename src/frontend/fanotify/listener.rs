@@ -19,11 +19,13 @@ use super::cache::{CacheFile, Registry};
 use super::journal::{Entry, Journal};
 use super::metrics::Metrics;
 use crate::core::fill::Filler;
+use crate::core::readahead::ReadAheadPolicy;
 
 /// Read buffer: many events per read() under a storm (each pre-content event is 48 bytes).
 const READ_BUF: usize = 64 * 1024;
-/// How far ahead a sequential reader's fills run.
-pub const PREFETCH_BYTES: u64 = 4 << 20;
+/// Read-ahead for a sequential reader: 4 MiB ahead, one group per fill (each becomes ready on
+/// its own as the page-cache readahead of the backing file walks forward).
+pub const READ_AHEAD: ReadAheadPolicy = ReadAheadPolicy { window: 4 << 20, piece: 0, slack: 0 };
 /// Events one read() can return beyond the last fd the journal saw (sweep margin).
 pub const SWEEP_MARGIN: i32 = (READ_BUF / 48) as i32 + 64;
 
@@ -209,39 +211,14 @@ impl Server {
         });
     }
 
-    /// Sequential reading (this access starts where the last one on the file ended, and the
-    /// group before it is already filled) makes the groups
-    /// after it likely next: start filling them now, one task per group so each becomes ready
-    /// on its own, without anyone waiting; the reader's next events then find them ready or in
-    /// flight (the core coalesces). Runs on fast-path events too, so a sequential reader never
-    /// reaches the end of the window. Random reads rarely meet the condition.
+    /// Starts background fills after a sequential reader (the core's read-ahead). Runs on
+    /// fast-path events too, so a sequential reader never reaches the end of the window.
     fn maybe_prefetch(self: &Arc<Self>, cf: &Arc<CacheFile>, offset: u64, count: u64) {
-        let gs = cf.target.blob.map.group_size();
-        let size = cf.target.blob.size();
-        // Sequential = this access starts near where the previous one on this file ended.
-        let prev_end = cf.last_end.swap(offset + count, Ordering::Relaxed);
-        if offset + gs < prev_end || offset > prev_end + gs {
-            return;
-        }
-        if offset < gs || !cf.target.is_ready(offset - gs, 1) {
-            return;
-        }
-        let start = (offset + count).div_ceil(gs) * gs;
-        let end = (start + PREFETCH_BYTES.max(gs)).min(size);
-        let mut at = start;
-        while at < end {
-            let g = (at / gs) as usize;
-            if !cf.target.readiness().is_ready(g) && cf.prefetch_requested.set_ready(g) {
-                self.metrics.prefetches.fetch_add(1, Ordering::Relaxed);
-                let (this, cf) = (self.clone(), cf.clone());
-                self.rt.spawn(async move {
-                    if this.filler.fill(&cf.target, at, 1).await.is_ok() {
-                        this.after_fill(&cf);
-                    }
-                });
-            }
-            at += gs;
-        }
+        let (this, done_cf) = (self.clone(), cf.clone());
+        let started = self.filler.read_ahead(&self.rt, &cf.target, &READ_AHEAD, offset, count, move || {
+            this.after_fill(&done_cf)
+        });
+        self.metrics.prefetches.fetch_add(started as u64, Ordering::Relaxed);
     }
 
     fn after_fill(&self, cf: &CacheFile) {

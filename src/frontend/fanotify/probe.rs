@@ -6,32 +6,8 @@ use std::path::Path;
 
 use fanotify::{Group, Target};
 
+use crate::frontend::kernel::{erofs_registered, kernel_release, kernel_version};
 use crate::frontend::Support;
-
-/// The kernel release (`uname -r`), e.g. "6.18.0".
-pub fn kernel_release() -> String {
-    // SAFETY: uname fills a zeroed struct; release is NUL-terminated.
-    unsafe {
-        let mut u: libc::utsname = std::mem::zeroed();
-        if libc::uname(&mut u) != 0 {
-            return "unknown".into();
-        }
-        std::ffi::CStr::from_ptr(u.release.as_ptr()).to_string_lossy().into_owned()
-    }
-}
-
-/// (major, minor) of the running kernel, if parseable.
-pub fn kernel_version() -> Option<(u32, u32)> {
-    let r = kernel_release();
-    let mut it = r.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
-fn has_erofs() -> bool {
-    std::fs::read_to_string("/proc/filesystems")
-        .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("erofs")))
-        .unwrap_or(false)
-}
 
 /// Probes with a scratch file in `cache_dir` (created if missing, removed afterwards).
 pub fn probe_in(cache_dir: &Path) -> Support {
@@ -47,7 +23,7 @@ pub fn probe_in(cache_dir: &Path) -> Support {
         details.push("not root: fanotify pre-content groups and mount(2) need CAP_SYS_ADMIN".into());
     }
 
-    let erofs = has_erofs();
+    let erofs = erofs_registered();
     let file_backed = matches!(ver, Some(v) if v >= (6, 12));
     if erofs && file_backed {
         details.push("EROFS file-backed mounts available (erofs in /proc/filesystems, kernel >= 6.12)".into());

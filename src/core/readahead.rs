@@ -1,0 +1,94 @@
+//! Read-ahead for sequential readers, shared by both front-ends.
+//!
+//! The kernel asks for one window at a time and waits for each (cachefiles: its readahead
+//! window per READ; fanotify: each backing-file read). Without read-ahead every group boundary
+//! costs a whole fetch-decode-write round trip on the reader's critical path. When a request
+//! continues where the previous one on the same target ended, the groups after it are filled in
+//! the background, in pieces that are fetched and decoded in parallel. Nobody waits for them: a
+//! request that reaches a group still in flight waits for that group only (single flight), and a
+//! failed read-ahead costs nothing but the attempt.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::fill::{Filler, Target};
+use super::readiness::Readiness;
+
+/// How much to read ahead, tuned per front-end (their request sizes differ).
+#[derive(Clone, Copy, Debug)]
+pub struct ReadAheadPolicy {
+    /// Bytes after the request to have in flight.
+    pub window: u64,
+    /// Each background fill covers this much (at least one group): the unit of parallelism.
+    pub piece: u64,
+    /// A request starting within this distance (at least one group) of the previous request's
+    /// end is sequential.
+    pub slack: u64,
+}
+
+/// Per-target read-ahead state.
+pub struct ReadAheadState {
+    /// End of the previous request (0: none yet).
+    last_end: AtomicU64,
+    /// Groups a read-ahead was already started for (each is requested once).
+    requested: Readiness,
+}
+
+impl ReadAheadState {
+    pub fn new(groups: usize) -> ReadAheadState {
+        ReadAheadState { last_end: AtomicU64::new(0), requested: Readiness::new(groups) }
+    }
+}
+
+impl Filler {
+    /// Notes a kernel request for `[offset, offset + len)` of `target` and, if it continues the
+    /// previous one, starts background fills of the window after it. `on_filled` runs after
+    /// each successful piece (fanotify removes a complete blob's mark there). The fills run on
+    /// `rt` (front-ends call this from their own kernel-reading threads). Returns the number of
+    /// fills started.
+    pub fn read_ahead<F>(
+        &self,
+        rt: &tokio::runtime::Handle,
+        target: &Arc<Target>,
+        policy: &ReadAheadPolicy,
+        offset: u64,
+        len: u64,
+        on_filled: F,
+    ) -> usize
+    where
+        F: Fn() + Clone + Send + 'static,
+    {
+        let state = target.read_ahead_state();
+        let end = offset.saturating_add(len);
+        let prev = state.last_end.swap(end, Ordering::Relaxed);
+        let size = target.blob.size();
+        let gs = target.blob.map.group_size();
+        if prev == 0 || offset.abs_diff(prev) > policy.slack.max(gs) || end >= size {
+            return 0;
+        }
+        let piece = policy.piece.max(gs).div_ceil(gs) * gs;
+        let mut at = end.div_ceil(gs) * gs;
+        let stop = end.saturating_add(policy.window).min(size);
+        let mut started = 0;
+        while at < stop {
+            let first = (at / gs) as usize;
+            let last = ((at + piece).min(size).div_ceil(gs) as usize).saturating_sub(1);
+            let wanted = (first..=last).filter(|&g| !target.readiness().is_ready(g)).count() > 0;
+            // Claim the piece for read-ahead once; on-demand fills are unaffected by the bits.
+            if wanted && state.requested.set_ready(first) {
+                for g in first + 1..=last {
+                    state.requested.set_ready(g);
+                }
+                let (filler, target, done) = (self.clone(), target.clone(), on_filled.clone());
+                rt.spawn(async move {
+                    if filler.fill(&target, at, piece).await.is_ok() {
+                        done();
+                    }
+                });
+                started += 1;
+            }
+            at += piece;
+        }
+        started
+    }
+}
