@@ -29,7 +29,7 @@ import random, sys
 r = random.Random(42)
 with open(sys.argv[1], "wb") as f:
     for _ in range(64):
-        f.write(bytes(r.getrandbits(8) for _ in range(1024)) * 1024)
+        f.write(r.randbytes(1 << 20))
 PY
 du -sh "$WORK/tree"
 
