@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use erofs::blob::Compression;
 
 use crate::build::{self, BuildOptions, Source};
+use super::print_report;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -39,19 +40,6 @@ pub struct Args {
     /// Compression threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
-}
-
-/// Appends a line to the report (printed at the end; a closed stdout is not an error).
-macro_rules! outln {
-    ($out:ident, $($arg:tt)*) => {{
-        use std::fmt::Write as _;
-        let _ = writeln!($out, $($arg)*);
-    }};
-}
-
-fn print(out: &str) {
-    use std::io::Write;
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -99,6 +87,6 @@ pub fn run(args: Args) -> Result<()> {
         "data {} bytes: {} inline files, {} chunked files; chunks {} stored, {} deduplicated, {} holes",
         c.source_bytes, c.inline_files, c.chunked_files, c.chunks_stored, c.chunks_deduped, c.chunks_holes
     );
-    print(&out);
+    print_report(&out);
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 use crate::build::check::{check, CheckPaths};
+use super::print_report;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -17,19 +18,6 @@ pub struct Args {
     /// without the daemon).
     #[arg(long, value_name = "DIR")]
     pub write_raw: Option<PathBuf>,
-}
-
-/// Appends a line to the report (printed at the end; a closed stdout is not an error).
-macro_rules! outln {
-    ($out:ident, $($arg:tt)*) => {{
-        use std::fmt::Write as _;
-        let _ = writeln!($out, $($arg)*);
-    }};
-}
-
-fn print(out: &str) {
-    use std::io::Write;
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -58,10 +46,10 @@ pub fn run(args: Args) -> Result<()> {
         outln!(out, "PROBLEM: {p}");
     }
     if !r.problems.is_empty() {
-        print(&out);
+        print_report(&out);
         bail!("{} problem(s) found", r.problems.len());
     }
     outln!(out, "OK");
-    print(&out);
+    print_report(&out);
     Ok(())
 }
