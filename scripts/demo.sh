@@ -48,7 +48,7 @@ echo "== 4. erofsd mount"
 "$BIN" mount "$WORK/image" "$WORK/mnt" --api-socket "$WORK/api.sock"
 
 metrics() { python3 -c 'import json,sys; m=json.load(sys.stdin); print(sum(b["stored_bytes"] for b in m["blobs"].values()))'; }
-fetched() { curl -s --unix-socket "$WORK/api.sock" http://erofsd/api/v1/metrics | metrics; }
+fetched() { "$BIN" status --metrics --api-socket "$WORK/api.sock" | metrics; }
 
 echo "== 5. a first read touches 4 KiB of big.bin"
 head -c 4096 "$WORK/mnt/big.bin" | sha256sum | cut -c1-16
