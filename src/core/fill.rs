@@ -364,7 +364,7 @@ mod read_ahead_tests {
         let blob = Blob::new(rec, Arc::new(crate::core::source::LocalDirSource::new(dir.path()))).unwrap();
         let (target, _file) = sparse_target(dir.path(), &blob);
         let filler = Filler::new(Writer::start(), 8);
-        let policy = ReadAheadPolicy { window: 128 << 10, piece: 64 << 10, slack: 64 << 10 };
+        let policy = ReadAheadPolicy { window: 128 << 10, piece: 64 << 10, slack: 64 << 10, require_filled_behind: false };
         let rt = tokio::runtime::Handle::current();
         // The first request has no predecessor: no read-ahead.
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);

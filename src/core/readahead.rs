@@ -24,6 +24,10 @@ pub struct ReadAheadPolicy {
     /// A request starting within this distance (at least one group) of the previous request's
     /// end is sequential.
     pub slack: u64,
+    /// Also require the group before the request to be filled already: a reader walking
+    /// forward through data, not one that merely touched two neighbouring places (fanotify sees
+    /// every small-file read, and adjacent small files are not a stream).
+    pub require_filled_behind: bool,
 }
 
 /// Per-target read-ahead state.
@@ -64,6 +68,9 @@ impl Filler {
         let size = target.blob.size();
         let gs = target.blob.map.group_size();
         if prev == 0 || offset.abs_diff(prev) > policy.slack.max(gs) || end >= size {
+            return 0;
+        }
+        if policy.require_filled_behind && (offset < gs || !target.is_ready(offset - gs, 1)) {
             return 0;
         }
         let piece = policy.piece.max(gs).div_ceil(gs) * gs;

@@ -25,7 +25,7 @@ use crate::core::readahead::ReadAheadPolicy;
 const READ_BUF: usize = 64 * 1024;
 /// Read-ahead for a sequential reader: 4 MiB ahead, one group per fill (each becomes ready on
 /// its own as the page-cache readahead of the backing file walks forward).
-pub const READ_AHEAD: ReadAheadPolicy = ReadAheadPolicy { window: 4 << 20, piece: 0, slack: 0 };
+pub const READ_AHEAD: ReadAheadPolicy = ReadAheadPolicy { window: 4 << 20, piece: 0, slack: 0, require_filled_behind: true };
 /// Events one read() can return beyond the last fd the journal saw (sweep margin).
 pub const SWEEP_MARGIN: i32 = (READ_BUF / 48) as i32 + 64;
 
