@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::registry::*;
-use erofs::blob::{BlobRecord, Compression, GroupEncoder};
+use erofs::blob::{BlobRecord, Compression};
 use erofsd::core::blob::Blob;
 use erofsd::core::fill::{Filler, Target};
 use erofsd::core::registry::{Credentials, RegistryConfig, RegistrySource, RetryPolicy};
@@ -266,24 +266,7 @@ async fn requests_go_through_the_forward_proxy() {
 
 /// Builds a zstd blob (text groups compress, noise groups are stored raw) and its record.
 fn encode_blob(data: &[u8], gs_log2: u8) -> (Vec<u8>, BlobRecord) {
-    let mut enc = GroupEncoder::new(Compression::Zstd, 3).unwrap();
-    let mut stored = Vec::new();
-    let mut groups = Vec::new();
-    for chunk in data.chunks(1 << gs_log2) {
-        let mut out = Vec::new();
-        groups.push(enc.encode(chunk, &mut out).unwrap());
-        stored.extend_from_slice(&out);
-    }
-    let id: [u8; 32] = Sha256::digest(&stored).into();
-    let rec = BlobRecord {
-        id,
-        stored_size: stored.len() as u64,
-        uncompressed_size: data.len() as u64,
-        compression: Compression::Zstd,
-        group_size_log2: gs_log2,
-        groups,
-    };
-    (stored, rec)
+    erofs::blob::encode_blob(data, Compression::Zstd, gs_log2).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

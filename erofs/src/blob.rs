@@ -173,6 +173,30 @@ impl GroupEncoder {
     }
 }
 
+/// Encodes a whole address space held in memory as one blob: its stored bytes and its record
+/// (id = sha256 of the stored bytes). For tests and small tools; the image builder streams
+/// instead, so a layer never has to fit in memory.
+pub fn encode_blob(data: &[u8], compression: Compression, group_size_log2: u8) -> std::io::Result<(Vec<u8>, BlobRecord)> {
+    use sha2::{Digest, Sha256};
+    let mut enc = GroupEncoder::new(compression, DEFAULT_ZSTD_LEVEL)?;
+    let mut stored = Vec::new();
+    let mut groups = Vec::new();
+    for chunk in data.chunks(1 << group_size_log2) {
+        let mut out = Vec::new();
+        groups.push(enc.encode(chunk, &mut out)?);
+        stored.extend_from_slice(&out);
+    }
+    let record = BlobRecord {
+        id: Sha256::digest(&stored).into(),
+        stored_size: stored.len() as u64,
+        uncompressed_size: data.len() as u64,
+        compression,
+        group_size_log2,
+        groups,
+    };
+    Ok((stored, record))
+}
+
 /// Decodes stored groups with one reusable zstd context.
 pub struct GroupDecoder {
     zstd: zstd::bulk::Decompressor<'static>,

@@ -390,8 +390,7 @@ mod read_ahead_tests {
 #[cfg(test)]
 mod tests_support {
     use super::*;
-    use erofs::blob::{BlobRecord, Compression, GroupEncoder};
-    use sha2::{Digest, Sha256};
+    use erofs::blob::{encode_blob, BlobRecord, Compression};
 
     const GS_LOG2: u8 = 16;
 
@@ -414,23 +413,7 @@ mod tests_support {
 
     /// Stores `data` as a zstd blob in `dir`; returns its record.
     pub fn store(dir: &std::path::Path, data: &[u8]) -> BlobRecord {
-        let mut enc = GroupEncoder::new(Compression::Zstd, 3).unwrap();
-        let mut stored = Vec::new();
-        let mut groups = Vec::new();
-        for chunk in data.chunks(1 << GS_LOG2) {
-            let mut out = Vec::new();
-            groups.push(enc.encode(chunk, &mut out).unwrap());
-            stored.extend_from_slice(&out);
-        }
-        let id: [u8; 32] = Sha256::digest(&stored).into();
-        let rec = BlobRecord {
-            id,
-            stored_size: stored.len() as u64,
-            uncompressed_size: data.len() as u64,
-            compression: Compression::Zstd,
-            group_size_log2: GS_LOG2,
-            groups,
-        };
+        let (stored, rec) = encode_blob(data, Compression::Zstd, GS_LOG2).unwrap();
         std::fs::write(dir.join(rec.id_hex()), &stored).unwrap();
         rec
     }
