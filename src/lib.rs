@@ -5,3 +5,4 @@ pub mod cmd;
 pub mod core;
 pub mod daemon;
 pub mod frontend;
+pub mod oci;

@@ -1,0 +1,6 @@
+//! OCI images: references, and erofsd images packaged as OCI images (see docs/registry.md,
+//! "An erofsd image in a registry").
+
+pub mod reference;
+
+pub use reference::{Reference, RegistryRef};
