@@ -57,6 +57,19 @@ impl Blob {
     /// Fetches groups `first..=last` with one source request, then decodes and verifies each.
     /// Returns one page-aligned buffer per group, in order.
     pub async fn fetch_groups(self: &Arc<Self>, first: u32, last: u32) -> Result<Vec<AlignedBuf>, FetchError> {
+        let got = self.fetch_span(first, last, Arc::new(move |_| true)).await?;
+        Ok(got.into_iter().map(|(_, buf)| buf).collect())
+    }
+
+    /// Fetches the stored span of groups `first..=last` with one source request and decodes
+    /// and verifies only the groups `wanted` selects (the others are a gap fetched to save a
+    /// request). Returns `(group, buffer)` for the wanted groups, in order.
+    pub async fn fetch_span(
+        self: &Arc<Self>,
+        first: u32,
+        last: u32,
+        wanted: Arc<dyn Fn(u32) -> bool + Send + Sync>,
+    ) -> Result<Vec<(u32, AlignedBuf)>, FetchError> {
         let stored_range = self.map.stored_range(first).start..self.map.stored_range(last).end;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let stored = self
@@ -70,12 +83,19 @@ impl Blob {
         self.stats.stored_bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
         let this = self.clone();
         // Decompression and CRC are CPU work: keep them off the async workers.
-        tokio::task::spawn_blocking(move || this.decode_run(first, last, stored_range.start, &stored))
+        tokio::task::spawn_blocking(move || this.decode_run(first, last, &*wanted, stored_range.start, &stored))
             .await
             .map_err(|e| FetchError::Other(format!("decode task failed: {e}")))?
     }
 
-    fn decode_run(&self, first: u32, last: u32, base: u64, stored: &[u8]) -> Result<Vec<AlignedBuf>, FetchError> {
+    fn decode_run(
+        &self,
+        first: u32,
+        last: u32,
+        wanted: &dyn Fn(u32) -> bool,
+        base: u64,
+        stored: &[u8],
+    ) -> Result<Vec<(u32, AlignedBuf)>, FetchError> {
         thread_local! {
             static DECODER: std::cell::RefCell<Option<GroupDecoder>> = const { std::cell::RefCell::new(None) };
         }
@@ -86,7 +106,7 @@ impl Blob {
             }
             let decoder = slot.as_mut().expect("decoder");
             let mut out = Vec::with_capacity((last - first + 1) as usize);
-            for g in first..=last {
+            for g in (first..=last).filter(|&g| wanted(g)) {
                 let sr = self.map.stored_range(g);
                 let piece = &stored[(sr.start - base) as usize..(sr.end - base) as usize];
                 let ur = self.map.group_range(g);
@@ -96,7 +116,7 @@ impl Blob {
                     FetchError::Verify { blob: self.id.clone(), source }
                 })?;
                 self.stats.groups.fetch_add(1, Ordering::Relaxed);
-                out.push(buf);
+                out.push((g, buf));
             }
             Ok(out)
         })

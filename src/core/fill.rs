@@ -21,7 +21,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Semaphore};
 use tracing::warn;
 
+use erofs::blob::GroupMap;
+
 use super::blob::{Blob, FetchError};
+use super::source::MAX_RANGE;
 use super::readahead::ReadAheadState;
 use super::readiness::Readiness;
 use super::writer::Writer;
@@ -185,20 +188,25 @@ impl Filler {
         }
     }
 
-    /// Fetches the claimed groups as contiguous runs, concurrently, and writes them.
+    /// Fetches the claimed groups, one source request per planned span, concurrently, and
+    /// writes the wanted groups.
     async fn fetch_claimed(&self, mut claims: Claims) -> Result<(), FetchError> {
-        let runs = runs_of(&claims);
         let target = claims.target.clone();
+        let mut wanted: Vec<u32> = claims.groups.iter().map(|(g, _)| *g).collect();
+        wanted.sort_unstable();
+        let spans = plan_requests(&wanted, &target.blob.map, target.blob.source.request_overhead());
+        let runs: Vec<(u32, u32)> = spans.iter().map(|s| (s.first, s.last)).collect();
         let mut tasks = Vec::new();
-        for &(first, last) in &runs {
+        for span in spans {
             let this = self.clone();
             let target = target.clone();
+            let (first, last) = (span.first, span.last);
+            let wanted: Arc<dyn Fn(u32) -> bool + Send + Sync> = Arc::new(move |g| span.wants(g));
             tasks.push(tokio::spawn(async move {
                 let _slot = this.fetch_slots.acquire().await.expect("fetch semaphore");
-                let bufs = target.blob.fetch_groups(first, last).await?;
+                let bufs = target.blob.fetch_span(first, last, wanted).await?;
                 let mut results = Vec::with_capacity(bufs.len());
-                for (i, buf) in bufs.into_iter().enumerate() {
-                    let g = first + i as u32;
+                for (g, buf) in bufs {
                     let at = target.blob.map.group_range(g).start;
                     let r = this.writer.write_all_at(target.fd.clone(), buf, at).await;
                     results.push((g, r));
@@ -246,18 +254,54 @@ impl Filler {
     }
 }
 
-/// The claimed groups as sorted, contiguous (first, last) runs.
-fn runs_of(claims: &Claims) -> Vec<(u32, u32)> {
-    let mut groups: Vec<u32> = claims.groups.iter().map(|(g, _)| *g).collect();
-    groups.sort_unstable();
-    let mut runs: Vec<(u32, u32)> = Vec::new();
-    for g in groups {
-        match runs.last_mut() {
-            Some((_, last)) if *last + 1 == g => *last = g,
-            _ => runs.push((g, g)),
-        }
+/// Read amplification allowed when gaps are merged: stored bytes fetched at most this many
+/// times the stored bytes wanted, per request.
+pub const MAX_AMPLIFICATION: f64 = 1.5;
+
+/// One source request: stored groups `first..=last`, of which those in `wanted` (sorted) are
+/// decoded and written; the rest is a gap fetched only to save a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub first: u32,
+    pub last: u32,
+    pub wanted: Arc<[u32]>,
+}
+
+impl Span {
+    pub fn wants(&self, g: u32) -> bool {
+        self.wanted.binary_search(&g).is_ok()
     }
-    runs
+}
+
+/// Plans the requests for the sorted groups `wanted`: contiguous runs always share a request;
+/// two runs are merged across a gap when the gap's stored bytes are at most `overhead` (what
+/// a separate request costs) and the merged request stays within [`MAX_AMPLIFICATION`] and
+/// [`MAX_RANGE`].
+pub fn plan_requests(wanted: &[u32], map: &GroupMap, overhead: u64) -> Vec<Span> {
+    let stored = |a: u32, b: u32| map.stored_range(b).end - map.stored_range(a).start;
+    let mut spans: Vec<(u32, u32, Vec<u32>, u64)> = Vec::new(); // first, last, wanted, wanted bytes
+    for &g in wanted {
+        let size = stored(g, g);
+        if let Some((_, last, w, wbytes)) = spans.last_mut() {
+            if *last + 1 == g && stored(w[0], g) <= MAX_RANGE {
+                *last = g;
+                w.push(g);
+                *wbytes += size;
+                continue;
+            }
+            let gap = map.stored_range(g).start - map.stored_range(*last).end;
+            let total = stored(w[0], g);
+            let within = (total as f64) <= (*wbytes + size) as f64 * MAX_AMPLIFICATION;
+            if gap <= overhead && within && total <= MAX_RANGE {
+                *last = g;
+                w.push(g);
+                *wbytes += size;
+                continue;
+            }
+        }
+        spans.push((g, g, vec![g], size));
+    }
+    spans.into_iter().map(|(first, last, w, _)| Span { first, last, wanted: w.into() }).collect()
 }
 
 #[cfg(test)]
@@ -384,6 +428,80 @@ mod read_ahead_tests {
         assert!(target.readiness().is_ready(1) && target.readiness().is_ready(2));
         assert!(!target.readiness().is_ready(0) && !target.readiness().is_ready(3));
         assert_eq!(blob.stats.groups.load(Ordering::Relaxed), 2);
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::core::source::{BlobSource, BoxFuture, LocalDirSource};
+    use erofs::blob::{encode_blob, Compression};
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::Ordering;
+
+    /// 16 uncompressed groups of 64 KiB: every group's stored size is 64 KiB.
+    fn raw_map() -> GroupMap {
+        let (_, rec) = encode_blob(&address_space(256), Compression::None, 16).unwrap();
+        GroupMap::new(&rec).unwrap()
+    }
+
+    fn plan(wanted: &[u32], overhead: u64) -> Vec<(u32, u32, Vec<u32>)> {
+        plan_requests(wanted, &raw_map(), overhead).into_iter().map(|s| (s.first, s.last, s.wanted.to_vec())).collect()
+    }
+
+    #[test]
+    fn runs_merge_across_small_gaps_within_the_amplification_bound() {
+        // No overhead (a local file): contiguous runs only.
+        assert_eq!(plan(&[0, 1, 3, 4, 10], 0), vec![(0, 1, vec![0, 1]), (3, 4, vec![3, 4]), (10, 10, vec![10])]);
+        // A one-group gap costs less than a request: merged; the far group is not.
+        assert_eq!(plan(&[0, 1, 3, 4, 10], 64 << 10), vec![(0, 4, vec![0, 1, 3, 4]), (10, 10, vec![10])]);
+        // 2 wanted of 3 fetched = 1.5x: allowed. 2 of 4 = 2x: not, whatever the overhead.
+        assert_eq!(plan(&[0, 2], 1 << 20), vec![(0, 2, vec![0, 2])]);
+        assert_eq!(plan(&[0, 3], 1 << 20), vec![(0, 0, vec![0]), (3, 3, vec![3])]);
+        // A gap larger than the overhead is never fetched.
+        assert_eq!(plan(&[0, 1, 2, 3, 5], 32 << 10), vec![(0, 3, vec![0, 1, 2, 3]), (5, 5, vec![5])]);
+        assert!(plan(&[], 1 << 20).is_empty());
+    }
+
+    /// A local directory that claims requests are expensive, counting them.
+    struct Remote(LocalDirSource, std::sync::atomic::AtomicU64);
+    impl BlobSource for Remote {
+        fn read_range(&self, id: &str, offset: u64, len: u64) -> BoxFuture<'_, std::io::Result<Vec<u8>>> {
+            self.1.fetch_add(len, Ordering::Relaxed);
+            self.0.read_range(id, offset, len)
+        }
+        fn describe(&self) -> String {
+            "remote-like".into()
+        }
+        fn request_overhead(&self) -> u64 {
+            256 << 10
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gap_of_ready_groups_is_fetched_in_one_request_and_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = address_space(256); // 16 groups of 64 KiB (zstd)
+        let rec = store(dir.path(), &data);
+        let source = Arc::new(Remote(LocalDirSource::new(dir.path()), Default::default()));
+        let blob = Blob::new(rec, source.clone()).unwrap();
+        let (target, file) = sparse_target(dir.path(), &blob);
+        let filler = Filler::new(Writer::start(), 8);
+        filler.fill(&target, 2 << 16, 1).await.unwrap(); // group 2
+        assert_eq!(blob.stats.requests.load(Ordering::Relaxed), 1);
+        // Scribble over group 2 in the target: a merged request must not rewrite a ready group.
+        file.write_all_at(&[0xEE; 4096], 2 << 16).unwrap();
+        // Groups 0..=4 wanted, 2 already ready: one request spanning the gap, not two.
+        filler.fill(&target, 0, 5 << 16).await.unwrap();
+        assert_eq!(blob.stats.requests.load(Ordering::Relaxed), 2, "one request across the ready gap");
+        assert_eq!(blob.stats.groups.load(Ordering::Relaxed), 5, "gap group fetched but not decoded again");
+        let mut back = vec![0u8; 5 << 16];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert!(back[..2 << 16] == data[..2 << 16] && back[3 << 16..] == data[3 << 16..5 << 16]);
+        assert_eq!(&back[2 << 16..(2 << 16) + 4096], &[0xEE; 4096][..], "ready group left alone");
+        let stored = source.1.load(Ordering::Relaxed);
+        assert_eq!(stored, blob.map.stored_range(4).end - blob.map.stored_range(0).start + { let r = blob.map.stored_range(2); r.end - r.start });
     }
 }
 

@@ -23,6 +23,14 @@ pub trait BlobSource: Send + Sync + 'static {
 
     /// A human-readable description for logs and `erofsd doctor`.
     fn describe(&self) -> String;
+
+    /// What one extra request costs, in stored bytes that could be transferred in its place.
+    /// The fill engine fetches a gap of unwanted groups between two wanted runs (and throws it
+    /// away) when the gap is at most this, instead of making a second request. Local files: 0
+    /// (a second pread is free); a registry: a round trip's worth of bandwidth.
+    fn request_overhead(&self) -> u64 {
+        0
+    }
 }
 
 /// Blobs as files `<dir>/<sha256-hex>` on a local filesystem.
