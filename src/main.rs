@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Build an image (bootstrap + blobs) from a directory or OCI layer tars.
     Build(erofsd::cmd::build::Args),
+    /// Convert an OCI image (registry or oci:DIR) into an erofsd image, pushed or written.
+    Convert(erofsd::cmd::convert::Args),
     /// Print an image's superblock, blobs and tree.
     Inspect(erofsd::cmd::inspect::Args),
     /// Verify an image's every structure and, with blobs, every group.
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Build(args) => erofsd::cmd::build::run(args),
+        Command::Convert(args) => erofsd::cmd::convert::run(args),
         Command::Inspect(args) => erofsd::cmd::inspect::run(args),
         Command::Check(args) => erofsd::cmd::check::run(args),
         Command::Daemon(args) => erofsd::cmd::daemon::run(args),

@@ -16,6 +16,7 @@ fn print_report(out: &str) {
 
 pub mod build;
 pub mod check;
+pub mod convert;
 pub mod daemon;
 pub mod doctor;
 pub mod inspect;

@@ -242,6 +242,9 @@ pub struct Session {
     generation: AtomicU64,
     /// Tokens fetched (for tests and metrics).
     pub tokens_fetched: AtomicU64,
+    /// Ask token servers for `pull,push` on our repository whatever a challenge's scope says
+    /// (a push session; see `RegistrySource::new_for_push`).
+    push: bool,
 }
 
 impl Session {
@@ -254,7 +257,13 @@ impl Session {
             refresh: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             tokens_fetched: AtomicU64::new(0),
+            push: false,
         }
+    }
+
+    /// Makes this a push session: tokens are requested with `repository:<repo>:pull,push`.
+    pub fn set_push(&mut self) {
+        self.push = true;
     }
 
     /// Sends a request built by `build`, authenticated; on a 401 re-authenticates once and
@@ -367,13 +376,16 @@ impl Session {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Failure::fatal(io::ErrorKind::InvalidData, format!("bearer realm {realm:?} is not http(s)")));
         }
-        let default_scope = format!("repository:{}:pull", self.repository);
+        let default_scope = format!("repository:{}:{}", self.repository, if self.push { "pull,push" } else { "pull" });
+        // A push session asks for push from the start: the first challenge (of a HEAD) names
+        // only pull, and a pull token would cost a second round trip at the first upload.
+        let scope = if self.push { default_scope.as_str() } else { ch.param("scope").unwrap_or(&default_scope) };
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = ch.param("service") {
                 q.append_pair("service", s);
             }
-            q.append_pair("scope", ch.param("scope").unwrap_or(&default_scope));
+            q.append_pair("scope", scope);
         }
         let what = format!("token from {}", url.origin().ascii_serialization());
         let mut rb = self.http.get(url.clone());

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod client;
 pub mod docker_config;
+pub mod push;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -149,6 +150,14 @@ impl RegistrySource {
             retry: cfg.retry,
             describe,
         })
+    }
+
+    /// A source that may also push (`push.rs`): bearer tokens are asked for with
+    /// `repository:<repo>:pull,push`.
+    pub fn new_for_push(cfg: RegistryConfig) -> io::Result<RegistrySource> {
+        let mut s = RegistrySource::new(cfg)?;
+        s.session.set_push();
+        Ok(s)
     }
 
     /// Bearer tokens fetched so far.
