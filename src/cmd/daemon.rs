@@ -23,6 +23,10 @@ pub struct Args {
     /// Control socket [default: /run/erofsd/api.sock].
     #[arg(long)]
     pub api_socket: Option<PathBuf>,
+    /// Cache size limit on disk, e.g. `20GiB` (`[cache] max_size`); least recently used
+    /// blobs no mount uses are evicted above it.
+    #[arg(long, value_parser = crate::cache::size::parse_size)]
+    pub cache_max_size: Option<u64>,
     /// Run the daemon as a child of a small supervisor that keeps its kernel channels
     /// (/dev/cachefiles, the fanotify group) open and restarts it if it crashes.
     #[arg(long)]
@@ -43,6 +47,9 @@ pub fn resolve_config(args: &Args) -> Result<Config> {
     if let Some(s) = &args.api_socket {
         config.api_socket = s.clone();
     }
+    if let Some(m) = args.cache_max_size {
+        config.cache.max_size = Some(m);
+    }
     Ok(config)
 }
 
@@ -55,7 +62,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     raise_nofile_limit();
     let config = resolve_config(&args)?;
-    std::fs::create_dir_all(&config.cache_dir)?;
+    // Layout check (a newer layout is refused, never wiped) and the directory lock, held for
+    // the daemon's lifetime so an offline `erofsd cache gc` cannot race it.
+    let _cache_lock = crate::cache::open_for_daemon(&config.cache_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("erofsd").build()?;
     rt.block_on(async move {
         let filler = make_filler(&config);

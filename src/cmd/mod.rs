@@ -15,6 +15,7 @@ fn print_report(out: &str) {
 }
 
 pub mod build;
+pub mod cache;
 pub mod check;
 pub mod convert;
 pub mod daemon;

@@ -7,6 +7,8 @@
 //! | POST | /api/v1/mounts | [`MountRequest`] | [`MountInfo`] |
 //! | DELETE | /api/v1/mounts | `{"mountpoint": …}` | 204 |
 //! | GET | /api/v1/metrics | – | per-blob fetch counters and front-end counters |
+//! | GET | /api/v1/cache | – | [`crate::cache::Listing`]: cached blobs, disk/ready bytes, last use, in use |
+//! | POST | /api/v1/cache/gc | [`crate::cache::gc::GcRequest`] | [`crate::cache::gc::GcReport`] |
 //!
 //! Errors are `{"code": …, "message": …}` with a 4xx/5xx status.
 
@@ -104,6 +106,17 @@ async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Result<Response<
         (Method::GET, "/api/v1/daemon") => json(StatusCode::OK, &daemon.info()),
         (Method::GET, "/api/v1/mounts") => json(StatusCode::OK, &daemon.mounts()),
         (Method::GET, "/api/v1/metrics") => json(StatusCode::OK, &daemon.metrics()),
+        (Method::GET, "/api/v1/cache") => match daemon.cache_listing().await {
+            Ok(l) => json(StatusCode::OK, &l),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "cache_list_failed", format!("{e:#}")),
+        },
+        (Method::POST, "/api/v1/cache/gc") => match body_json::<crate::cache::gc::GcRequest>(req).await {
+            Err(r) => r,
+            Ok(g) => match daemon.cache_gc(g).await {
+                Ok(report) => json(StatusCode::OK, &report),
+                Err(e) => error(StatusCode::BAD_REQUEST, "cache_gc_failed", format!("{e:#}")),
+            },
+        },
         (Method::POST, "/api/v1/mounts") => match body_json::<MountRequest>(req).await {
             Err(r) => r,
             Ok(m) => match daemon.mount(m).await {

@@ -19,6 +19,26 @@ pub struct Config {
     pub api_socket: PathBuf,
     /// Concurrent source requests across all blobs.
     pub max_concurrent_fetches: usize,
+    /// `[cache]`: size limit and eviction.
+    pub cache: CacheConfig,
+}
+
+/// `[cache]` settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bytes on disk the cache may use (`"20GiB"` or a number); least recently used blobs no
+    /// mount uses are evicted above it. None: no limit.
+    #[serde(deserialize_with = "crate::cache::size::deserialize_opt", serialize_with = "crate::cache::size::serialize_opt")]
+    pub max_size: Option<u64>,
+    /// Seconds between size checks (a check is cheap: one stat and one SEEK_DATA walk per blob).
+    pub gc_interval_secs: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig { max_size: None, gc_interval_secs: 10 }
+    }
 }
 
 impl Default for Config {
@@ -28,6 +48,7 @@ impl Default for Config {
             cache_dir: DEFAULT_CACHE_DIR.into(),
             api_socket: DEFAULT_API_SOCKET.into(),
             max_concurrent_fetches: 64,
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -50,5 +71,12 @@ mod tests {
         assert_eq!(c.cache_dir, PathBuf::from("/x"));
         assert_eq!(c.api_socket, PathBuf::from(DEFAULT_API_SOCKET));
         assert!(toml::from_str::<Config>("cach_dir = \"/x\"").is_err());
+        assert_eq!(c.cache.max_size, None);
+        let c: Config = toml::from_str("[cache]\nmax_size = \"20GiB\"\n").unwrap();
+        assert_eq!(c.cache.max_size, Some(20 << 30));
+        let c: Config = toml::from_str("[cache]\nmax_size = 4096\ngc_interval_secs = 2\n").unwrap();
+        assert_eq!((c.cache.max_size, c.cache.gc_interval_secs), (Some(4096), 2));
+        assert!(toml::from_str::<Config>("[cache]\nmax_size = \"lots\"\n").is_err());
+        assert!(toml::from_str::<Config>("[cache]\nmax_sise = 1\n").is_err());
     }
 }

@@ -30,6 +30,23 @@ pub struct Daemon {
     pub filler: Filler,
     pub frontend: Arc<dyn Frontend>,
     mounts: Mutex<BTreeMap<PathBuf, (MountInfo, Arc<crate::core::images::Image>)>>,
+    /// One cache gc pass at a time (API, periodic, after umount).
+    cache_gc: tokio::sync::Mutex<()>,
+}
+
+/// The front-end as the cache gc sees it.
+struct FrontendEvictor<'a> {
+    frontend: &'a dyn Frontend,
+    cache_dir: &'a Path,
+}
+
+impl crate::cache::gc::Evictor for FrontendEvictor<'_> {
+    fn in_use(&self, e: &crate::cache::CacheEntry) -> bool {
+        self.frontend.cache_in_use(self.cache_dir, e)
+    }
+    fn evict(&self, e: &crate::cache::CacheEntry) -> Result<bool> {
+        self.frontend.cache_evict(self.cache_dir, e)
+    }
 }
 
 #[derive(Serialize)]
@@ -44,7 +61,14 @@ pub struct DaemonInfo {
 impl Daemon {
     pub fn new(config: Config, filler: Filler, frontend: Arc<dyn Frontend>) -> Arc<Daemon> {
         let mounts = frontend.recovered().into_iter().map(|(info, image)| (info.mountpoint.clone(), (info, image))).collect();
-        Arc::new(Daemon { config, images: ImageStore::new(), filler, frontend, mounts: Mutex::new(mounts) })
+        Arc::new(Daemon {
+            config,
+            images: ImageStore::new(),
+            filler,
+            frontend,
+            mounts: Mutex::new(mounts),
+            cache_gc: tokio::sync::Mutex::new(()),
+        })
     }
 
     pub fn info(&self) -> DaemonInfo {
@@ -82,7 +106,42 @@ impl Daemon {
         }
         self.frontend.umount(key.clone()).await?;
         self.mounts.lock().expect("mounts").remove(&key);
+        // Its blobs may be unused now: the size limit can take them.
+        self.cache_gc_if_limited().await;
         Ok(())
+    }
+
+    /// `GET /api/v1/cache`: every cached blob with in-use flags from the front-end.
+    pub async fn cache_listing(&self) -> Result<crate::cache::Listing> {
+        let _one = self.cache_gc.lock().await;
+        let ev = FrontendEvictor { frontend: self.frontend.as_ref(), cache_dir: &self.config.cache_dir };
+        let entries = tokio::task::block_in_place(|| crate::cache::gc::listing(&self.config.cache_dir, &ev, false))?;
+        Ok(crate::cache::Listing {
+            cache_dir: self.config.cache_dir.clone(),
+            daemon: true,
+            max_size: self.config.cache.max_size,
+            disk_bytes: entries.iter().map(|e| e.disk_bytes).sum(),
+            entries,
+        })
+    }
+
+    /// `POST /api/v1/cache/gc`, the periodic size check and the check after an umount.
+    pub async fn cache_gc(&self, req: crate::cache::gc::GcRequest) -> Result<crate::cache::gc::GcReport> {
+        let Some(max) = req.max_size.or(self.config.cache.max_size) else {
+            bail!("no cache size limit is configured: give max_size (0 evicts every blob no mount uses)");
+        };
+        let _one = self.cache_gc.lock().await;
+        let ev = FrontendEvictor { frontend: self.frontend.as_ref(), cache_dir: &self.config.cache_dir };
+        tokio::task::block_in_place(|| crate::cache::gc::run(&self.config.cache_dir, &ev, max, req.dry_run))
+    }
+
+    /// Runs a gc pass if a size limit is configured (errors are logged, not returned).
+    pub async fn cache_gc_if_limited(&self) {
+        if self.config.cache.max_size.is_some() {
+            if let Err(e) = self.cache_gc(Default::default()).await {
+                tracing::warn!("cache gc: {e:#}");
+            }
+        }
     }
 
     pub fn metrics(&self) -> serde_json::Value {
@@ -118,12 +177,27 @@ pub async fn serve(daemon: Arc<Daemon>) -> Result<()> {
         daemon.config.cache_dir.display()
     );
     let api = tokio::spawn(api::serve(listener, daemon.clone()));
+    // The size limit: checked periodically (fills grow blobs between checks) and after umounts.
+    let gc = daemon.config.cache.max_size.map(|max| {
+        info!("cache size limit {}", crate::cache::size::format_size(max));
+        let d = daemon.clone();
+        let every = std::time::Duration::from_secs(d.config.cache.gc_interval_secs.max(1));
+        tokio::spawn(async move {
+            loop {
+                d.cache_gc_if_limited().await;
+                tokio::time::sleep(every).await;
+            }
+        })
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
     }
     api.abort();
+    if let Some(gc) = gc {
+        gc.abort();
+    }
     daemon.frontend.shutdown().await;
     let _ = std::fs::remove_file(&daemon.config.api_socket);
     Ok(())

@@ -59,6 +59,18 @@ pub trait Frontend: Send + Sync + 'static {
     fn recovered(&self) -> Vec<(MountInfo, Arc<Image>)> {
         Vec::new()
     }
+
+    /// Whether a mount of this front-end uses a cache entry (`erofsd cache`, the size limit).
+    /// Default: yes — what a front-end cannot vouch for is never evicted.
+    fn cache_in_use(&self, _cache_dir: &Path, _entry: &crate::cache::CacheEntry) -> bool {
+        true
+    }
+
+    /// Evicts a cache entry no mount uses, atomically with respect to new mounts taking it;
+    /// `Ok(false)` if it is in use. Default: never evicts.
+    fn cache_evict(&self, _cache_dir: &Path, _entry: &crate::cache::CacheEntry) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Which front-end to run.

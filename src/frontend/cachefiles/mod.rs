@@ -283,4 +283,25 @@ impl Frontend for CachefilesFrontend {
     fn recovered(&self) -> Vec<(MountInfo, Arc<Image>)> {
         self.recovered.clone()
     }
+
+    /// Asks the kernel (`inuse`): an object is in use while any mount has it open.
+    fn cache_in_use(&self, cache_dir: &Path, entry: &crate::cache::CacheEntry) -> bool {
+        match entry.kind {
+            crate::cache::EntryKind::CachefilesObject => crate::cache::cull::inuse(&self.shared.device, cache_dir, entry)
+                .unwrap_or_else(|e| {
+                    warn!("cachefiles: {e:#}; treating {} as in use", entry.path.display());
+                    true
+                }),
+            // fanotify blob files of an earlier daemon: nothing of ours reads them.
+            crate::cache::EntryKind::FanotifyBlob => false,
+        }
+    }
+
+    /// `cull` (the kernel refuses with EBUSY if the object is in use, atomically).
+    fn cache_evict(&self, cache_dir: &Path, entry: &crate::cache::CacheEntry) -> Result<bool> {
+        match entry.kind {
+            crate::cache::EntryKind::CachefilesObject => crate::cache::cull::cull(&self.shared.device, cache_dir, entry),
+            crate::cache::EntryKind::FanotifyBlob => crate::cache::unlink_below(cache_dir, &entry.path),
+        }
+    }
 }

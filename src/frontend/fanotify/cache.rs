@@ -84,6 +84,7 @@ impl Registry {
         let mut by_id = self.by_id.lock().expect("registry");
         if let Some(cf) = by_id.get(&blob.id) {
             *cf.users.lock().expect("users") += 1;
+            crate::cache::touch_fd(cf.target.fd().as_fd()); // last use (cache LRU)
             return Ok(cf.clone());
         }
         let path = self.dir.join(&blob.id);
@@ -96,6 +97,7 @@ impl Registry {
         if !md.is_file() || md.len() != blob.size() {
             bail!("cache file {} is not a {}-byte regular file", path.display(), blob.size());
         }
+        crate::cache::touch_fd(fd.as_fd()); // last use (cache LRU)
         let target = Target::new(blob.clone(), fd);
         let ready = target.scan_ready().with_context(|| format!("scanning {}", path.display()))?;
         let complete = target.readiness().is_complete();
@@ -136,6 +138,8 @@ impl Registry {
         if path.exists() {
             let _ = self.group.remove_pre_access(fanotify::Target::Path(path));
         }
+        // The data directory may have been wiped under a running daemon: recreate it.
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -170,12 +174,26 @@ impl Registry {
             return;
         }
         drop(users);
+        crate::cache::touch_fd(cf.target.fd().as_fd()); // last use (cache LRU)
         by_id.remove(id);
         self.by_inode.write().expect("registry").remove(&(cf.dev, cf.ino));
         self.unmark(&cf);
         if let Err(e) = fd_store().lock().expect("fd store").remove(&park_name(id)) {
             warn!("releasing the parked fd of {id}: {e}");
         }
+    }
+
+    /// Deletes the cache file of a blob no mount uses (`erofsd cache gc`, the size limit).
+    /// Holding the table lock makes it atomic with [`Registry::acquire`]: a mount either took
+    /// the blob first (kept, `Ok(false)`) or finds no file and starts an empty one.
+    pub fn evict_unused(&self, cache_dir: &Path, id: &str) -> Result<bool> {
+        let by_id = self.by_id.lock().expect("registry");
+        if by_id.contains_key(id) || !crate::cache::is_blob_id(id) {
+            return Ok(false);
+        }
+        let removed = crate::cache::unlink_below(cache_dir, &Path::new(crate::cache::BLOBS_DIR).join(id))?;
+        drop(by_id);
+        Ok(removed)
     }
 
     /// Removes the mark (blob complete, or no longer used). Idempotent.

@@ -406,4 +406,19 @@ impl Frontend for FanotifyFrontend {
     fn recovered(&self) -> Vec<(MountInfo, Arc<Image>)> {
         self.recovered.clone()
     }
+
+    fn cache_in_use(&self, _cache_dir: &Path, entry: &crate::cache::CacheEntry) -> bool {
+        match entry.kind {
+            crate::cache::EntryKind::FanotifyBlob => self.server.registry.get(&entry.name).is_some(),
+            // Objects of an earlier cachefiles daemon: not ours to judge.
+            crate::cache::EntryKind::CachefilesObject => true,
+        }
+    }
+
+    fn cache_evict(&self, cache_dir: &Path, entry: &crate::cache::CacheEntry) -> Result<bool> {
+        match entry.kind {
+            crate::cache::EntryKind::FanotifyBlob => self.server.registry.evict_unused(cache_dir, &entry.name),
+            crate::cache::EntryKind::CachefilesObject => Ok(false),
+        }
+    }
 }
