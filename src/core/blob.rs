@@ -33,6 +33,10 @@ pub struct BlobStats {
     pub requests: AtomicU64,
     /// Groups that failed to fetch or verify.
     pub errors: AtomicU64,
+    /// Of `groups`, those the background prefetcher fetched ([`super::prefetch`]).
+    pub prefetch_groups: AtomicU64,
+    /// Stored bytes of `prefetch_groups`.
+    pub prefetch_bytes: AtomicU64,
 }
 
 pub struct Blob {

@@ -27,6 +27,7 @@ use super::blob::{Blob, FetchError};
 use super::source::MAX_RANGE;
 use super::readahead::ReadAheadState;
 use super::readiness::Readiness;
+use super::trace::TraceLog;
 use super::writer::Writer;
 
 type Outcome = Option<Result<(), Arc<str>>>;
@@ -35,9 +36,10 @@ type Outcome = Option<Result<(), Arc<str>>>;
 pub struct Target {
     pub blob: Arc<Blob>,
     fd: Arc<OwnedFd>,
-    ready: Readiness,
-    inflight: Mutex<HashMap<u32, watch::Receiver<Outcome>>>,
+    pub(super) ready: Readiness,
+    pub(super) inflight: Mutex<HashMap<u32, watch::Receiver<Outcome>>>,
     read_ahead: ReadAheadState,
+    trace: TraceLog,
 }
 
 impl Target {
@@ -50,6 +52,7 @@ impl Target {
             ready: Readiness::new(groups),
             inflight: Mutex::new(HashMap::new()),
             read_ahead: ReadAheadState::new(groups),
+            trace: TraceLog::new(groups),
         })
     }
 
@@ -64,6 +67,11 @@ impl Target {
 
     pub fn read_ahead_state(&self) -> &ReadAheadState {
         &self.read_ahead
+    }
+
+    /// Groups on-demand fills asked for, in first-access order ([`super::trace`]).
+    pub fn trace(&self) -> &TraceLog {
+        &self.trace
     }
 
     pub fn fd(&self) -> &Arc<OwnedFd> {
@@ -92,13 +100,13 @@ impl Target {
 }
 
 /// Removes this request's in-flight claims if its task ends without resolving them.
-struct Claims {
-    target: Arc<Target>,
-    groups: Vec<(u32, watch::Sender<Outcome>)>,
+pub(super) struct Claims {
+    pub(super) target: Arc<Target>,
+    pub(super) groups: Vec<(u32, watch::Sender<Outcome>)>,
 }
 
 impl Claims {
-    fn resolve(&mut self, group: u32, result: Result<(), Arc<str>>) {
+    pub(super) fn resolve(&mut self, group: u32, result: Result<(), Arc<str>>) {
         if let Some(pos) = self.groups.iter().position(|(g, _)| *g == group) {
             let (g, tx) = self.groups.swap_remove(pos);
             if result.is_ok() {
@@ -122,24 +130,48 @@ impl Drop for Claims {
 /// Shared by all front-ends; cheap to clone.
 #[derive(Clone)]
 pub struct Filler {
-    writer: Writer,
+    pub(super) writer: Writer,
     /// Bounds concurrent source requests so a read storm cannot open unbounded connections.
-    fetch_slots: Arc<Semaphore>,
+    pub(super) fetch_slots: Arc<Semaphore>,
+    /// Demand fetches (on-demand and read-ahead) waiting for a fetch slot: prefetch holds
+    /// back while this is non-zero ([`super::prefetch`]).
+    pub(super) demand_waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Who asks for a fill. On-demand fills (a kernel request a reader waits on) are traced;
+/// read-ahead serves a live reader too, so both count as demand for the prefetch gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    OnDemand,
+    ReadAhead,
 }
 
 impl Filler {
     pub fn new(writer: Writer, max_concurrent_fetches: usize) -> Filler {
-        Filler { writer, fetch_slots: Arc::new(Semaphore::new(max_concurrent_fetches.max(1))) }
+        Filler {
+            writer,
+            fetch_slots: Arc::new(Semaphore::new(max_concurrent_fetches.max(1))),
+            demand_waiting: Default::default(),
+        }
     }
 
     /// Makes `[offset, offset + len)` of `target` hold verified data (widened to whole groups).
+    /// The on-demand entry point for kernel requests.
     pub async fn fill(&self, target: &Arc<Target>, offset: u64, len: u64) -> Result<(), FetchError> {
+        self.fill_as(target, offset, len, Origin::OnDemand).await
+    }
+
+    /// [`Filler::fill`] on behalf of `origin` (only on-demand fills are traced).
+    pub async fn fill_as(&self, target: &Arc<Target>, offset: u64, len: u64, origin: Origin) -> Result<(), FetchError> {
         let Some((offset, len)) = target.clamp(offset, len) else { return Ok(()) };
         let run = target
             .blob
             .map
             .map(offset, len)
             .map_err(|source| FetchError::Verify { blob: target.blob.id.clone(), source })?;
+        if origin == Origin::OnDemand {
+            target.trace.note(run.first, run.last);
+        }
 
         let mut claims = Claims { target: target.clone(), groups: Vec::new() };
         let mut waits = Vec::new();
@@ -203,7 +235,7 @@ impl Filler {
             let (first, last) = (span.first, span.last);
             let wanted: Arc<dyn Fn(u32) -> bool + Send + Sync> = Arc::new(move |g| span.wants(g));
             tasks.push(tokio::spawn(async move {
-                let _slot = this.fetch_slots.acquire().await.expect("fetch semaphore");
+                let _slot = this.demand_slot().await;
                 let bufs = target.blob.fetch_span(first, last, wanted).await?;
                 let mut results = Vec::with_capacity(bufs.len());
                 for (g, buf) in bufs {

@@ -7,6 +7,8 @@
 //! * [`images`] — loaded images and the blobs they share;
 //! * [`fill`] — make a range of a target hold verified data, single-flight per group;
 //! * [`readahead`] — background fills ahead of sequential readers;
+//! * [`prefetch`] — background fills of a recorded trace or whole blobs, behind demand;
+//! * [`trace`] — the order groups were first needed, recorded per target, saved per image;
 //! * [`readiness`] — which groups a target already holds, rebuilt from the file itself;
 //! * [`writer`] — io_uring (or pwrite) writes into targets;
 //! * [`aligned`] — page-aligned buffers (cachefiles writes with O_DIRECT).
@@ -15,8 +17,10 @@ pub mod aligned;
 pub mod blob;
 pub mod fill;
 pub mod images;
+pub mod prefetch;
 pub mod readahead;
 pub mod readiness;
 pub mod registry;
 pub mod source;
+pub mod trace;
 pub mod writer;

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::fill::{Filler, Target};
+use super::fill::{Filler, Origin, Target};
 use super::readiness::Readiness;
 
 /// How much to read ahead, tuned per front-end (their request sizes differ).
@@ -88,7 +88,7 @@ impl Filler {
                 }
                 let (filler, target, done) = (self.clone(), target.clone(), on_filled.clone());
                 rt.spawn(async move {
-                    if filler.fill(&target, at, piece).await.is_ok() {
+                    if filler.fill_as(&target, at, piece, Origin::ReadAhead).await.is_ok() {
                         done();
                     }
                 });
