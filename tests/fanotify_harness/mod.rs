@@ -24,6 +24,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub supervise: bool,
     pub frontend: &'static str,
+    /// More `erofsd daemon` flags (e.g. `--cache-max-size`).
+    pub extra_args: Vec<String>,
     log: PathBuf,
 }
 
@@ -43,10 +45,38 @@ impl Daemon {
             // sun_path is 108 bytes: keep the socket short, not under the scratch dir.
             socket: short_socket_path(),
             supervise,
+            extra_args: Vec::new(),
             log: dir.join("daemon.log"),
         };
         d.spawn();
         d
+    }
+
+    /// As [`Daemon::start`] (fanotify, no supervisor) with more daemon flags.
+    pub fn start_with_args(dir: &Path, extra: &[&str]) -> Daemon {
+        let mut d = Self::start_with_no_spawn(dir);
+        d.extra_args = extra.iter().map(|s| s.to_string()).collect();
+        d.spawn();
+        d
+    }
+
+    fn start_with_no_spawn(dir: &Path) -> Daemon {
+        Daemon {
+            frontend: "fanotify",
+            child: None,
+            dir: dir.to_path_buf(),
+            cache: dir.join("cache"),
+            socket: short_socket_path(),
+            supervise: false,
+            extra_args: Vec::new(),
+            log: dir.join("daemon.log"),
+        }
+    }
+
+    /// Starts the daemon process again (after [`Daemon::stop`]).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
     }
 
     fn spawn(&mut self) {
@@ -62,6 +92,7 @@ impl Daemon {
         if self.supervise {
             cmd.arg("--supervise");
         }
+        cmd.args(&self.extra_args);
         self.child = Some(cmd.spawn().expect("start erofsd daemon"));
         self.wait_api();
     }
