@@ -23,6 +23,12 @@ pub struct MountArgs {
     /// cachefiles domain: images in one domain share blob cache objects.
     #[arg(long)]
     pub domain_id: Option<String>,
+    /// Background prefetch for this mount (default: the daemon's `[prefetch] mode`).
+    #[arg(long, value_enum)]
+    pub prefetch: Option<crate::core::prefetch::PrefetchMode>,
+    /// Prefetch cap in stored bytes per second, e.g. 8M (0 = unlimited; default: the daemon's).
+    #[arg(long)]
+    pub prefetch_bandwidth: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -40,7 +46,15 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let image = std::fs::canonicalize(&args.image).with_context(|| format!("image {}", args.image.display()))?;
     let mountpoint =
         std::fs::canonicalize(&args.mountpoint).with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
-    let req = MountRequest { image, mountpoint, fsid: args.fsid, domain_id: args.domain_id };
+    let prefetch_bandwidth = args.prefetch_bandwidth.as_deref().map(crate::build::parse_size).transpose().context("--prefetch-bandwidth")?;
+    let req = MountRequest {
+        image,
+        mountpoint,
+        fsid: args.fsid,
+        domain_id: args.domain_id,
+        prefetch: args.prefetch,
+        prefetch_bandwidth,
+    };
     let info: MountInfo = runtime()?.block_on(call_json(&args.api_socket, Method::POST, "/api/v1/mounts", Some(&req)))?;
     println!("{} mounted at {} (fsid {}, {} front-end)", info.image.display(), info.mountpoint.display(), info.fsid, info.frontend);
     Ok(())

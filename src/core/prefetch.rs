@@ -253,6 +253,41 @@ impl Drop for MountPrefetch {
     }
 }
 
+/// The prefetchers of a front-end's mounts, by mountpoint.
+#[derive(Default)]
+pub struct Prefetchers {
+    map: Mutex<std::collections::BTreeMap<PathBuf, MountPrefetch>>,
+}
+
+impl Prefetchers {
+    pub fn insert(&self, mountpoint: &Path, p: MountPrefetch) {
+        if let Some(old) = self.map.lock().expect("prefetchers").insert(mountpoint.to_path_buf(), p) {
+            old.stop();
+        }
+    }
+
+    /// Stops a mount's prefetch and saves its trace (call before its targets are released).
+    pub fn stop(&self, mountpoint: &Path) {
+        let p = self.map.lock().expect("prefetchers").remove(mountpoint);
+        if let Some(p) = p {
+            p.stop();
+        }
+    }
+
+    pub fn stop_all(&self) {
+        let all = std::mem::take(&mut *self.map.lock().expect("prefetchers"));
+        for p in all.values() {
+            p.stop();
+        }
+    }
+
+    /// Per-mount progress for the metrics output.
+    pub fn json(&self) -> serde_json::Value {
+        let m = self.map.lock().expect("prefetchers");
+        serde_json::Value::Object(m.iter().map(|(k, p)| (k.display().to_string(), p.status())).collect())
+    }
+}
+
 /// The trace a run starts from: the state-dir trace of this image, else the image's own
 /// `prefetch.trace`. A bad file is logged and ignored (prefetch is only an optimisation).
 fn load_base_trace(state: Option<&Path>, image: &Image) -> Option<Trace> {
@@ -315,6 +350,12 @@ async fn run(shared: Arc<Shared>, filler: Filler, config: PrefetchConfig, on_fil
         info!("prefetch: no access trace for image {} yet", image.id);
     }
     let steps = plan(&image, config.mode, trace.as_ref(), piece_groups);
+    // Targets may appear only after the mount call returned (cachefiles objects are opened by
+    // the kernel during the mount): give them a moment.
+    let t_wait = Instant::now();
+    while (0..image.blobs.len()).any(|i| shared.target(i).is_none()) && t_wait.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let mut bucket = TokenBucket::new(config.bandwidth.0, piece_groups as u64 * gs);
     let mut running = JoinSet::new();

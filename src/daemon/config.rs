@@ -19,8 +19,12 @@ pub struct Config {
     pub api_socket: PathBuf,
     /// Concurrent source requests across all blobs.
     pub max_concurrent_fetches: usize,
+    /// `[prefetch]`: background prefetch and access traces (core::prefetch).
+    pub prefetch: crate::core::prefetch::PrefetchConfig,
     /// `[cache]`: size limit and eviction.
     pub cache: CacheConfig,
+    /// `[registry]`: how images mounted by reference reach their registries.
+    pub registry: crate::core::registry::settings::RegistrySettings,
 }
 
 /// `[cache]` settings.
@@ -48,7 +52,9 @@ impl Default for Config {
             cache_dir: DEFAULT_CACHE_DIR.into(),
             api_socket: DEFAULT_API_SOCKET.into(),
             max_concurrent_fetches: 64,
+            prefetch: Default::default(),
             cache: CacheConfig::default(),
+            registry: Default::default(),
         }
     }
 }

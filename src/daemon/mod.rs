@@ -156,6 +156,8 @@ impl Daemon {
                         "groups": b.stats.groups.load(Ordering::Relaxed),
                         "requests": b.stats.requests.load(Ordering::Relaxed),
                         "errors": b.stats.errors.load(Ordering::Relaxed),
+                        "prefetch_groups": b.stats.prefetch_groups.load(Ordering::Relaxed),
+                        "prefetch_bytes": b.stats.prefetch_bytes.load(Ordering::Relaxed),
                         "uncompressed_size": b.size(),
                         "stored_size": b.record.stored_size,
                     }),

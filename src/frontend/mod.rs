@@ -25,6 +25,26 @@ pub struct MountRequest {
     /// cachefiles `domain_id=`: images in one domain share blob cache objects.
     #[serde(default)]
     pub domain_id: Option<String>,
+    /// Background prefetch for this mount; `None`: the daemon's `[prefetch] mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<crate::core::prefetch::PrefetchMode>,
+    /// Prefetch cap in stored bytes per second (0 = unlimited); `None`: the daemon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch_bandwidth: Option<u64>,
+}
+
+impl MountRequest {
+    /// The daemon's prefetch settings with this request's overrides.
+    pub fn prefetch_config(&self, daemon: &crate::core::prefetch::PrefetchConfig) -> crate::core::prefetch::PrefetchConfig {
+        let mut c = daemon.clone();
+        if let Some(m) = self.prefetch {
+            c.mode = m;
+        }
+        if let Some(b) = self.prefetch_bandwidth {
+            c.bandwidth = crate::core::prefetch::ByteSize(b);
+        }
+        c
+    }
 }
 
 /// A mount the daemon serves.

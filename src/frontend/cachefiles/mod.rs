@@ -13,6 +13,7 @@
 
 pub mod metrics;
 pub mod objects;
+pub mod prefetch;
 pub mod probe;
 pub mod reader;
 pub mod registry;
@@ -52,6 +53,9 @@ pub struct CachefilesFrontend {
     shared: Arc<Shared>,
     reader: Mutex<Option<(std::thread::JoinHandle<()>, reader::StopHandle)>>,
     recovered: Vec<(MountInfo, Arc<Image>)>,
+    prefetch: crate::core::prefetch::Prefetchers,
+    prefetch_config: crate::core::prefetch::PrefetchConfig,
+    cache_dir: PathBuf,
 }
 
 /// The cache directory cachefiles is bound to, and the state file, under `config.cache_dir`.
@@ -169,7 +173,14 @@ pub fn start(config: &Config, filler: Filler) -> Result<Arc<dyn Frontend>> {
     }
     let (handle, stop) = reader::spawn(shared.clone()).context("starting the cachefiles reader")?;
     info!("cachefiles: bound on-demand cache at {}", dir.display());
-    Ok(Arc::new(CachefilesFrontend { shared, reader: Mutex::new(Some((handle, stop))), recovered }))
+    Ok(Arc::new(CachefilesFrontend {
+        shared,
+        reader: Mutex::new(Some((handle, stop))),
+        recovered,
+        prefetch: Default::default(),
+        prefetch_config: config.prefetch.clone(),
+        cache_dir: config.cache_dir.clone(),
+    }))
 }
 
 impl CachefilesFrontend {
@@ -208,6 +219,8 @@ impl CachefilesFrontend {
             let _ = self.shared.registry.persist();
             return Err(e);
         }
+        let pf = req.prefetch_config(&self.prefetch_config);
+        self.prefetch.insert(&req.mountpoint, prefetch::start(&self.shared, &self.cache_dir, &image, &req.image, &pf));
         Ok(MountInfo {
             mountpoint: req.mountpoint,
             image: req.image,
@@ -224,6 +237,7 @@ impl CachefilesFrontend {
         }
         let mp = mountpoint.clone();
         tokio::task::spawn_blocking(move || sysmount::umount(&mp, false)).await??;
+        self.prefetch.stop(&mountpoint);
         // umount(2) returned, so the kernel has sent (and we read) the bootstrap's CLOSE.
         self.shared.registry.remove(&mountpoint);
         self.shared.registry.persist()?;
@@ -231,6 +245,7 @@ impl CachefilesFrontend {
     }
 
     async fn do_shutdown(&self) {
+        self.prefetch.stop_all();
         for reg in self.shared.registry.all() {
             let mp = reg.mountpoint.clone();
             match tokio::task::spawn_blocking(move || sysmount::umount(&mp, true)).await {
@@ -277,6 +292,7 @@ impl Frontend for CachefilesFrontend {
         let mut j = self.shared.metrics.to_json();
         j["objects"] = self.shared.objects.len().into();
         j["mounts"] = self.shared.registry.all().len().into();
+        j["prefetch"] = self.prefetch.json();
         j
     }
 

@@ -57,6 +57,12 @@ impl ObjectTable {
         self.map.lock().expect("object table").remove(&id)
     }
 
+    /// An open object of blob `id` (prefetch's way in; with several, any one).
+    pub fn blob(&self, id: &str) -> Option<Arc<Object>> {
+        let map = self.map.lock().expect("object table");
+        map.values().find(|o| matches!(&o.kind, Kind::Blob { target } if target.blob.id == id)).cloned()
+    }
+
     pub fn len(&self) -> usize {
         self.map.lock().expect("object table").len()
     }

@@ -23,6 +23,7 @@ pub mod failsafe;
 pub mod journal;
 pub mod listener;
 pub mod metrics;
+pub mod prefetch;
 pub mod probe;
 pub mod state;
 pub mod sysmount;
@@ -67,6 +68,9 @@ pub struct FanotifyFrontend {
     recovered: Vec<(MountInfo, Arc<Image>)>,
     /// Mounts detached lazily at shutdown whose blobs could not be completed.
     detached: Mutex<Vec<SavedMount>>,
+    prefetch: crate::core::prefetch::Prefetchers,
+    prefetch_config: crate::core::prefetch::PrefetchConfig,
+    cache_dir: PathBuf,
 }
 
 /// Whether this kernel and machine can run the front-end, in plain words.
@@ -184,6 +188,9 @@ impl FanotifyFrontend {
             listener: Mutex::new(Some((handle, stop_tx))),
             recovered,
             detached: Mutex::new(still_detached),
+            prefetch: Default::default(),
+            prefetch_config: config.prefetch.clone(),
+            cache_dir: config.cache_dir.clone(),
         });
         fe.save_state();
         Ok(fe)
@@ -209,6 +216,7 @@ impl FanotifyFrontend {
     }
 
     fn do_mount(&self, image: Arc<Image>, req: MountRequest) -> Result<MountInfo> {
+        let prefetch = req.prefetch_config(&self.prefetch_config);
         let registry = &self.server.registry;
         let mut taken: Vec<String> = Vec::new();
         let result = (|| {
@@ -234,8 +242,9 @@ impl FanotifyFrontend {
             domain_id: req.domain_id,
             frontend: "fanotify".into(),
         };
-        self.mounts.lock().expect("mounts").insert(info.mountpoint.clone(), Served { info: info.clone(), image });
+        self.mounts.lock().expect("mounts").insert(info.mountpoint.clone(), Served { info: info.clone(), image: image.clone() });
         self.save_state();
+        self.prefetch.insert(&info.mountpoint, prefetch::start(&self.server, &self.cache_dir, &image, &info.image, &prefetch));
         Ok(info)
     }
 
@@ -246,6 +255,7 @@ impl FanotifyFrontend {
         match sysmount::umount_retrying(mountpoint, Duration::from_millis(500), false)? {
             Unmounted::Clean | Unmounted::NotMounted | Unmounted::Detached => {}
         }
+        self.prefetch.stop(mountpoint);
         self.mounts.lock().expect("mounts").remove(mountpoint);
         for b in &image.blobs {
             self.server.registry.release(&b.id);
@@ -257,6 +267,7 @@ impl FanotifyFrontend {
     /// Unmounts everything (serving events meanwhile), then stops the event thread. Returns
     /// how many mounts had to be detached lazily (the group must then not be released).
     fn do_shutdown(&self) -> usize {
+        self.prefetch.stop_all();
         let points: Vec<PathBuf> = self.mounts.lock().expect("mounts").keys().cloned().collect();
         let mut detached = 0;
         for mp in points {
@@ -400,6 +411,7 @@ impl Frontend for FanotifyFrontend {
             .collect();
         v["cache_files"] = serde_json::Value::Object(files);
         v["journal_in_use"] = self.server.journal.in_use().into();
+        v["prefetch"] = self.prefetch.json();
         v
     }
 
