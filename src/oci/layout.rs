@@ -96,7 +96,7 @@ impl OciLayout {
             bail!("blob {} in {} has {size} bytes, the descriptor says {}", d.digest, self.dir.display(), d.size);
         }
         if digest != d.digest {
-            bail!("blob {} in {} has sha256 {digest}: its content does not match its digest", d.digest, self.dir.display());
+            bail!("blob {} in {} has content {digest}: its content does not match its digest", d.digest, self.dir.display());
         }
         Ok(p)
     }

@@ -52,7 +52,10 @@ impl RegistrySource {
         with_retries(&self.retry, &what, || async {
             let resp = self.session.send(&what, |c| c.head(url.clone())).await?;
             match resp.status() {
-                StatusCode::OK => Ok(Some(resp.content_length().unwrap_or(0))),
+                // The header, not `content_length()`: that is the body's length, 0 for a HEAD.
+                StatusCode::OK => Ok(Some(
+                    resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0),
+                )),
                 StatusCode::NOT_FOUND => Ok(None),
                 _ => Err(status_failure(&what, resp).await),
             }
@@ -103,6 +106,7 @@ impl RegistrySource {
                     return Err(status_failure(&what, resp).await);
                 }
                 location = self.location(&resp, &what)?;
+                tracing::debug!("{what}: accepted");
                 offset += len;
             }
         }
