@@ -420,3 +420,37 @@ fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+#[test]
+fn cache_offline_gc_keeps_the_blobs_of_mounts_a_killed_daemon_left() {
+    let test = "cache_offline_gc_keeps_the_blobs_of_mounts_a_killed_daemon_left";
+    let s = fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let a = image(s.path(), "a", 2 * MIB, 21);
+    let b = image(s.path(), "b", 2 * MIB, 22);
+    let mut d = Daemon::start(s.path(), false);
+    let (ma, mb) = (MountDir::new(s.path(), "ma"), MountDir::new(s.path(), "mb"));
+    d.mount(&a.dir, &ma.0);
+    d.mount(&b.dir, &mb.0);
+    assert!(read_f(&ma.0) == a.data && read_f(&mb.0) == b.data);
+    d.umount(&mb.0);
+    // SIGKILL without a holder: the kernel keeps mount a (its blob file open), mounts.json names it.
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(erofsd::frontend::fanotify::sysmount::is_erofs_mount(&ma.0));
+
+    let cache = d.cache.to_str().unwrap().to_string();
+    let out = erofsd(&["cache", "gc", "--json", "--max-size", "0", "--api-socket", "/nonexistent.sock", "--cache-dir", &cache]);
+    assert!(out.status.success(), "{}", cli::tail(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("offline gc: {r}");
+    assert_eq!(evicted_names(&r), vec![b.blob.clone()], "only the unmounted blob goes");
+    assert_eq!(r["in_use"], 1);
+    assert!(cache_file(&d, &a.blob).exists(), "the blob of a live mount was evicted offline");
+    drop_caches();
+    assert!(read_f(&ma.0) == a.data, "the surviving mount reads differently");
+    nix::mount::umount2(&ma.0, nix::mount::MntFlags::MNT_DETACH).unwrap();
+}
