@@ -12,6 +12,7 @@
 //! * Hostile sources (a layer whose digest does not match, a manifest naming a missing blob,
 //!   a `../` tar) fail with clear errors and write nothing outside the work and target dirs.
 //! * A push interrupted after some blobs is completed by running the command again.
+//! * HTTPS registries need `--ca-file` (or `--insecure`) for a test CA.
 
 mod common;
 
@@ -305,13 +306,24 @@ async fn skopeo_pushed_sources_by_tag_and_digest_with_basic_auth() {
     write_docker_config(&docker_config, &reg.host_port(), "alice", "s3cret");
     let dc = docker_config.to_str().unwrap();
     let host = reg.host_port();
-    for format in ["oci", "v2s2"] {
-        run(&[
-            "skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "alice:s3cret", "--format", format,
-            &format!("oci:{}:t", layout.display()), &format!("docker://{host}/erofsd/src:{format}"),
-        ]);
+    // (tag, skopeo flags, the source's layer media type)
+    // (skopeo 1.9 does not recompress gzip layers to zstd; tar+zstd sources are covered by the
+    // hand-made layout in hostile_sources_fail_cleanly_and_write_nothing.)
+    let variants: [(&str, &[&str], &str); 2] = [
+        ("oci", &["--format", "oci"], m::OCI_LAYER_GZIP),
+        ("v2s2", &["--format", "v2s2"], m::DOCKER_LAYER_GZIP),
+    ];
+    for (format, flags, layer_type) in variants {
+        let mut cmd = vec!["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "alice:s3cret"];
+        cmd.extend_from_slice(flags);
+        let (from, to) = (format!("oci:{}:t", layout.display()), format!("docker://{host}/erofsd/src:{format}"));
+        cmd.extend_from_slice(&[&from, &to]);
+        run(&cmd);
         let src = registry_source(&reg, "erofsd/src", creds.clone());
-        let src_digest = src.fetch_manifest(format).await.unwrap().digest;
+        let sm = src.fetch_manifest(format).await.unwrap();
+        let sv: serde_json::Value = serde_json::from_slice(&sm.bytes).unwrap();
+        assert_eq!(sv["layers"][0]["mediaType"], layer_type, "skopeo wrote the layer type this case is about");
+        let src_digest = sm.digest;
         // By tag, pushing big blobs in 1 MiB PATCH chunks.
         let by_tag = format!("http://{host}/erofsd/src:{format}");
         let (out, log) = convert_full(&[
@@ -364,9 +376,15 @@ async fn bearer_token_registry_as_source_and_target() {
     pulled.check_and_raw();
 }
 
-/// A hand-made OCI layout (no tool would write a broken one): `layers` are tar files'
-/// bytes (uncompressed); returns the layout dir and the layer digests.
+/// A hand-made OCI layout (no tool would write a broken one): `layers` are layer blobs, plain
+/// tars unless given as `(media type, bytes)` by [`raw_layout_typed`]; returns the layout dir
+/// and the layer digests.
 fn raw_layout(dir: &Path, layers: &[Vec<u8>]) -> (PathBuf, Vec<String>) {
+    let typed: Vec<(&str, Vec<u8>)> = layers.iter().map(|l| (m::OCI_LAYER_TAR, l.clone())).collect();
+    raw_layout_typed(dir, &typed)
+}
+
+fn raw_layout_typed(dir: &Path, layers: &[(&str, Vec<u8>)]) -> (PathBuf, Vec<String>) {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let put = |b: &[u8]| -> (String, usize) {
@@ -374,7 +392,7 @@ fn raw_layout(dir: &Path, layers: &[Vec<u8>]) -> (PathBuf, Vec<String>) {
         std::fs::write(blobs.join(&h), b).unwrap();
         (format!("sha256:{h}"), b.len())
     };
-    let digests: Vec<(String, usize)> = layers.iter().map(|l| put(l)).collect();
+    let digests: Vec<(String, usize, &str)> = layers.iter().map(|(t, l)| { let (d, n) = put(l); (d, n, *t) }).collect();
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": digests.iter().map(|d| d.0.clone()).collect::<Vec<_>>()},
@@ -383,7 +401,7 @@ fn raw_layout(dir: &Path, layers: &[Vec<u8>]) -> (PathBuf, Vec<String>) {
     let manifest = serde_json::json!({
         "schemaVersion": 2, "mediaType": m::OCI_MANIFEST,
         "config": {"mediaType": m::OCI_CONFIG, "digest": cd, "size": cs},
-        "layers": digests.iter().map(|(d, s)| serde_json::json!({"mediaType": m::OCI_LAYER_TAR, "digest": d, "size": s})).collect::<Vec<_>>(),
+        "layers": digests.iter().map(|(d, s, t)| serde_json::json!({"mediaType": t, "digest": d, "size": s})).collect::<Vec<_>>(),
     });
     let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -394,6 +412,10 @@ fn raw_layout(dir: &Path, layers: &[Vec<u8>]) -> (PathBuf, Vec<String>) {
 }
 
 fn ok_tar() -> Vec<u8> {
+    ok_tar_named("ok/file")
+}
+
+fn ok_tar_named(name: &str) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_ustar();
     h.set_mode(0o644);
@@ -401,7 +423,7 @@ fn ok_tar() -> Vec<u8> {
     h.set_gid(0);
     h.set_mtime(1_700_000_000);
     h.set_size(6);
-    b.append_data(&mut h, "ok/file", &b"hello\n"[..]).unwrap();
+    b.append_data(&mut h, name, &b"hello\n"[..]).unwrap();
     b.into_inner().unwrap()
 }
 
@@ -427,6 +449,12 @@ async fn hostile_sources_fail_cleanly_and_write_nothing() {
         ("missing-blob", vec![good.clone(), dotdot.clone()], remove, &["missing"]),
         ("dotdot-tar", vec![good.clone(), dotdot.clone()], nothing, &["../evil-dotdot", ".."]),
     ];
+    // Control: the same harness with nothing broken converts (a tar+zstd and a plain tar layer).
+    let zst = zstd::encode_all(&good[..], 3).unwrap();
+    let (layout, _) = raw_layout_typed(&s.path().join("control/src"), &[(m::OCI_LAYER_ZSTD, zst), (m::OCI_LAYER_TAR, ok_tar_named("ok/second"))]);
+    let out = convert_ok(&[&format!("oci:{}:t", layout.display()), &format!("oci:{}:t", s.path().join("control/target").display())]);
+    assert_eq!(written_present(&out).1, 0);
+    assert_eq!(summary_field(&out, "source ").split(": ").last().unwrap().split(' ').next().unwrap(), "2", "2 layers: {out}");
     for (case, layers, breaker, words) in cases {
         let root = s.path().join(case);
         let (layout, digests) = raw_layout(&root.join("src"), &layers);
@@ -517,4 +545,31 @@ async fn interrupted_push_is_completed_by_a_rerun() {
     let again = src.fetch_manifest("t").await.unwrap();
     assert_eq!(again.digest, digest);
     pull_back(&src, &again.bytes, &dir.path().join("pulled")).await.check_and_raw();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_registry_needs_the_ca_file_or_insecure() {
+    let test = "tls_registry_needs_the_ca_file_or_insecure";
+    if !needs_tools(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tls = make_tls();
+    let reg = Registry::start("", Some(&tls));
+    let host = reg.host_port();
+    let layout = small_layout(dir.path());
+    run(&["skopeo", "copy", "--quiet", "--dest-tls-verify=false", &format!("oci:{}:t", layout.display()), &format!("docker://{host}/erofsd/src:t")]);
+    let ca = tls.ca_pem.to_str().unwrap();
+    // HTTPS is the default for a reference without a scheme.
+    let e = convert_err(&[&format!("{host}/erofsd/src:t"), &format!("{host}/erofsd/dst:t")]);
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    let out = convert_ok(&[&format!("{host}/erofsd/src:t"), &format!("{host}/erofsd/dst:t"), "--ca-file", ca]);
+    let out2 = convert_ok(&[&format!("{host}/erofsd/src:t"), &format!("https://{host}/erofsd/dst:t2"), "--insecure"]);
+    assert_eq!(manifest_digest(&out), manifest_digest(&out2));
+    let mut cfg = RegistryConfig::new(&reg.url, "erofsd/dst");
+    cfg.transport.extra_ca_files = vec![tls.ca_pem.clone()];
+    let dst = RegistrySource::new(cfg).unwrap();
+    let got = dst.fetch_manifest("t").await.unwrap();
+    assert_eq!(got.digest, manifest_digest(&out));
+    pull_back(&dst, &got.bytes, &dir.path().join("pulled")).await.check_and_raw();
 }
