@@ -67,6 +67,8 @@ pub fn run(args: Args) -> Result<()> {
     let _cache_lock = crate::cache::open_for_daemon(&config.cache_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("erofsd").build()?;
     rt.block_on(async move {
+        // Before the front-end starts: its failover path may reload images pulled by reference.
+        crate::core::images::set_registry_settings(config.registry.clone());
         let filler = make_filler(&config);
         let fe = frontend::start(config.frontend, &config, filler.clone())?;
         serve(Daemon::new(config, filler, fe)).await

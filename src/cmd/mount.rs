@@ -1,6 +1,6 @@
 //! `erofsd mount` / `erofsd umount`: ask the running daemon to serve or stop serving an image.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use hyper::Method;
@@ -9,11 +9,14 @@ use crate::daemon::api::UmountRequest;
 use crate::daemon::client::{call, call_json};
 use crate::daemon::config::DEFAULT_API_SOCKET;
 use crate::frontend::{MountInfo, MountRequest};
+use crate::oci::Reference;
 
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
-    /// Image directory made by `erofsd build` (image.boot + blobs/).
-    pub image: PathBuf,
+    /// Image directory made by `erofsd build` (image.boot + blobs/), or a reference to an
+    /// image made by `erofsd convert`: `[http://]host[:port]/repo:tag|@sha256:…` or `oci:DIR[:tag]`.
+    /// An existing path is always taken as a directory.
+    pub image: String,
     pub mountpoint: PathBuf,
     #[arg(long, default_value = DEFAULT_API_SOCKET)]
     pub api_socket: PathBuf,
@@ -43,12 +46,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn mount(args: MountArgs) -> Result<()> {
-    let image = std::fs::canonicalize(&args.image).with_context(|| format!("image {}", args.image.display()))?;
+    let (image, reference) = image_or_reference(&args.image)?;
     let mountpoint =
         std::fs::canonicalize(&args.mountpoint).with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
     let prefetch_bandwidth = args.prefetch_bandwidth.as_deref().map(crate::build::parse_size).transpose().context("--prefetch-bandwidth")?;
     let req = MountRequest {
         image,
+        reference,
         mountpoint,
         fsid: args.fsid,
         domain_id: args.domain_id,
@@ -58,6 +62,22 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let info: MountInfo = runtime()?.block_on(call_json(&args.api_socket, Method::POST, "/api/v1/mounts", Some(&req)))?;
     println!("{} mounted at {} (fsid {}, {} front-end)", info.image.display(), info.mountpoint.display(), info.fsid, info.frontend);
     Ok(())
+}
+
+/// An existing path is an image directory; anything else must parse as a reference. The daemon
+/// may run in another directory: paths (also an `oci:` layout's) are made absolute here.
+fn image_or_reference(arg: &str) -> Result<(PathBuf, Option<String>)> {
+    if Path::new(arg).exists() {
+        return Ok((std::fs::canonicalize(arg).with_context(|| format!("image {arg}"))?, None));
+    }
+    let r = match Reference::parse(arg).with_context(|| format!("{arg} is neither an image directory nor a reference"))? {
+        Reference::Layout { dir, tag } => {
+            let dir = std::fs::canonicalize(&dir).with_context(|| format!("OCI layout {}", dir.display()))?;
+            Reference::Layout { dir, tag }
+        }
+        r => r,
+    };
+    Ok((PathBuf::new(), Some(r.to_string())))
 }
 
 pub fn umount(args: UmountArgs) -> Result<()> {

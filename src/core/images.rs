@@ -7,13 +7,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::blob::Blob;
+use super::registry::settings::RegistrySettings;
+use super::registry::RegistrySource;
 use super::source::{LocalDirSource, SharedSource};
+use crate::oci::pull::ImageSource;
 
 /// A loaded, validated image.
 pub struct Image {
@@ -32,6 +35,38 @@ impl Image {
     }
 }
 
+/// How the daemon reaches registries (its `[registry]` settings), for every image loaded from a
+/// registry in this process. Process-wide because images are also reloaded by the front-ends'
+/// failover paths, which know nothing about registries.
+static REGISTRY_SETTINGS: RwLock<Option<RegistrySettings>> = RwLock::new(None);
+
+/// One source per (registry, repository): the token cache and connection pool are shared by
+/// every image from that repository.
+static REGISTRY_SOURCES: Mutex<Vec<((String, String), SharedSource)>> = Mutex::new(Vec::new());
+
+pub fn set_registry_settings(settings: RegistrySettings) {
+    *REGISTRY_SETTINGS.write().expect("registry settings") = Some(settings);
+    REGISTRY_SOURCES.lock().expect("registry sources").clear();
+}
+
+fn remote_source(pulled: &ImageSource) -> Result<SharedSource> {
+    match pulled {
+        ImageSource::Layout { blob_dir, .. } => Ok(Arc::new(LocalDirSource::new(blob_dir))),
+        ImageSource::Registry { registry, repository, .. } => {
+            let key = (registry.clone(), repository.clone());
+            let mut sources = REGISTRY_SOURCES.lock().expect("registry sources");
+            if let Some((_, s)) = sources.iter().find(|(k, _)| *k == key) {
+                return Ok(s.clone());
+            }
+            let settings = REGISTRY_SETTINGS.read().expect("registry settings").clone().unwrap_or_default();
+            let cfg = settings.config_for(registry, repository)?;
+            let source: SharedSource = Arc::new(RegistrySource::new(cfg)?);
+            sources.push((key, source.clone()));
+            Ok(source)
+        }
+    }
+}
+
 /// Upper bound on a bootstrap we load into memory (a 4 GB image's metadata is a few MB).
 pub const MAX_BOOTSTRAP: u64 = 1 << 30;
 
@@ -45,8 +80,15 @@ impl ImageStore {
         ImageStore::default()
     }
 
-    /// Loads an image directory (or a bootstrap file whose blobs are in `blob_dir`).
+    /// Loads an image directory (or a bootstrap file whose blobs are in `blob_dir`). A
+    /// directory pulled by `erofsd mount <reference>` names its blob source in `source.json`
+    /// (see `oci::pull`); any other takes its blobs from `blobs/` beside the bootstrap.
     pub fn load_dir(&self, image: &Path) -> Result<Arc<Image>> {
+        if image.is_dir() {
+            if let Some(pulled) = ImageSource::read(image)? {
+                return self.load(&image.join("image.boot"), remote_source(&pulled)?);
+            }
+        }
         let (boot, blob_dir) = if image.is_dir() {
             (image.join("image.boot"), image.join("blobs"))
         } else {

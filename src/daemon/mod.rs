@@ -93,6 +93,10 @@ impl Daemon {
         if self.mounts.lock().expect("mounts").contains_key(&req.mountpoint) {
             bail!("{} is already served by this daemon", req.mountpoint.display());
         }
+        if let Some(r) = &req.reference {
+            let parsed = crate::oci::Reference::parse(r)?;
+            req.image = crate::oci::pull::pull(&parsed, &self.config.registry, &self.config.cache_dir).await?;
+        }
         let image = self.images.load_dir(&req.image).with_context(|| format!("loading image {}", req.image.display()))?;
         let info = self.frontend.mount(image.clone(), req).await?;
         self.mounts.lock().expect("mounts").insert(info.mountpoint.clone(), (info.clone(), image));

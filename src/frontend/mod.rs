@@ -16,8 +16,14 @@ use crate::core::source::BoxFuture;
 /// What `erofsd mount` asks the daemon for.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MountRequest {
-    /// An image directory (`image.boot` + `blobs/`) or a bootstrap file.
+    /// An image directory (`image.boot` + `blobs/`) or a bootstrap file. Filled in by the
+    /// daemon when `reference` is given.
+    #[serde(default)]
     pub image: PathBuf,
+    /// A registry reference or `oci:DIR[:tag]` of an image made by `erofsd convert`: the
+    /// daemon pulls its bootstrap and fetches blobs from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     pub mountpoint: PathBuf,
     /// cachefiles `fsid=`; defaults to the image id (sha256 of the bootstrap).
     #[serde(default)]

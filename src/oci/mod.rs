@@ -5,6 +5,7 @@ pub mod convert;
 pub mod layout;
 pub mod manifest;
 pub mod package;
+pub mod pull;
 pub mod reference;
 
 pub use reference::{Reference, RegistryRef};

@@ -90,19 +90,35 @@ impl Registry {
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, config).unwrap();
         let log = dir.path().join("registry.log");
-        let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&cfg_path)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .expect("spawn docker-registry");
+        let child = Self::spawn(&cfg_path, &log);
         let scheme = if tls.is_some() { "https" } else { "http" };
         let reg = Registry { child, _dir: dir, port, url: format!("{scheme}://127.0.0.1:{port}"), log };
         reg.wait_ready();
         reg
+    }
+
+    fn spawn(cfg_path: &Path, log: &Path) -> Child {
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(cfg_path)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn docker-registry")
+    }
+
+    /// Kills the registry process (SIGKILL); its storage stays for [`Registry::revive`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the registry again on the same port with the same storage.
+    pub fn revive(&mut self) {
+        self.child = Self::spawn(&self._dir.path().join("config.yml"), &self.log);
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {

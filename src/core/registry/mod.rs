@@ -14,6 +14,7 @@ pub mod auth;
 pub mod client;
 pub mod docker_config;
 pub mod push;
+pub mod settings;
 
 use std::io;
 use std::path::{Path, PathBuf};
