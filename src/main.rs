@@ -34,6 +34,8 @@ enum Command {
     Status(erofsd::cmd::status::Args),
     /// Which kernel front-ends this machine supports, and what is missing.
     Doctor(erofsd::cmd::doctor::Args),
+    /// Access traces the daemon records: export one as a file list for `build --prefetch-list`.
+    Trace(erofsd::cmd::trace::Args),
     /// List the blob cache or evict from it (`erofsd cache ls`, `erofsd cache gc`).
     Cache(erofsd::cmd::cache::Args),
 }
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Umount(args) => erofsd::cmd::mount::umount(args),
         Command::Status(args) => erofsd::cmd::status::run(args),
         Command::Doctor(args) => erofsd::cmd::doctor::run(args),
+        Command::Trace(args) => erofsd::cmd::trace::run(args),
         Command::Cache(args) => erofsd::cmd::cache::run(args),
     };
     match result {

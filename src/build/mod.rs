@@ -18,6 +18,7 @@ pub mod layer;
 pub mod merge;
 pub mod names;
 pub mod ocitar;
+pub mod prefetchlist;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -59,6 +60,9 @@ pub struct BuildOptions {
     pub inline_max: usize,
     /// Compression worker threads.
     pub threads: usize,
+    /// Files (normalized paths, `a/b/c`) whose data goes first in their blob, in this order
+    /// ([`prefetchlist`]).
+    pub prefetch_list: Vec<Vec<u8>>,
 }
 
 impl Default for BuildOptions {
@@ -73,6 +77,7 @@ impl Default for BuildOptions {
             max_size: DEFAULT_MAX_SIZE,
             inline_max: DEFAULT_INLINE_MAX,
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            prefetch_list: Vec::new(),
         }
     }
 }
@@ -221,7 +226,22 @@ fn build_inner(sources: &[Source], outdir: &Path, blob_dir: &Path, opts: &BuildO
     for (i, src) in sources.iter().enumerate() {
         let device = u16::try_from(blobs.len() + 1).unwrap();
         store.begin_layer(device)?;
-        let layer = read_source(src, &mut store, &mut limits, i > 0).with_context(|| src.label())?;
+        let layer = if opts.prefetch_list.is_empty() {
+            read_source(src, &mut store, &mut limits, i > 0).with_context(|| src.label())?
+        } else {
+            // Listed files first: the walk below then finds their chunks already stored.
+            let before = store.stats.clone();
+            let p = prefetchlist::prime(src, &opts.prefetch_list, &mut store, opts.inline_max, outdir)
+                .with_context(|| format!("{}: --prefetch-list", src.label()))?;
+            let primed = store.stats.chunks_stored - before.chunks_stored;
+            let layer = read_source(src, &mut store, &mut limits, i > 0).with_context(|| src.label())?;
+            // Report the primed files once, as the walk stored them (not as duplicates).
+            let s = &mut store.stats;
+            s.source_bytes -= p.bytes.min(s.source_bytes);
+            s.chunked_files -= p.files.min(s.chunked_files);
+            s.chunks_deduped -= primed.min(s.chunks_deduped);
+            layer
+        };
         if let Some((rec, path)) = store.end_layer().with_context(|| src.label())? {
             if !blobs.iter().any(|(r, _)| r.id == rec.id) {
                 created.push(path.clone());
@@ -262,9 +282,21 @@ fn build_inner(sources: &[Source], outdir: &Path, blob_dir: &Path, opts: &BuildO
     if outdir.join("blobs").is_dir() {
         sync_dir(&outdir.join("blobs"))?;
     }
+    if !opts.prefetch_list.is_empty() {
+        write_image_trace(tmp.path(), outdir, &opts.prefetch_list)?;
+    }
     tmp.persist(&bootstrap).with_context(|| format!("renaming to {}", bootstrap.display()))?;
     sync_dir(outdir)?;
     Ok(BuildReport { bootstrap, blobs, chunks: store.stats.clone(), write, nodes: tree.nodes.len() })
+}
+
+/// Writes `OUTDIR/prefetch.trace`: the listed files' groups in the new image, in list order.
+fn write_image_trace(boot: &Path, outdir: &Path, list: &[Vec<u8>]) -> Result<()> {
+    use sha2::Digest;
+    let bytes = std::fs::read(boot).context("reading the new bootstrap back")?;
+    let id = hex::encode(sha2::Sha256::digest(&bytes));
+    let trace = prefetchlist::trace_of_list(&bytes, &id, list)?;
+    trace.save(&outdir.join(crate::core::trace::IMAGE_TRACE_NAME))
 }
 
 fn read_source(src: &Source, store: &mut chunks::ChunkStore, limits: &mut Limits, lower_exists: bool) -> Result<layer::Layer> {

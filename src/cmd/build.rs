@@ -40,6 +40,11 @@ pub struct Args {
     /// Compression threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Files to place first in their blob, in this order: one path a line as seen inside the
+    /// image (`#` comments), or an access trace from the daemon. Also writes
+    /// OUTDIR/prefetch.trace for `erofsd mount --prefetch trace`.
+    #[arg(long)]
+    pub prefetch_list: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -68,6 +73,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(t) = args.threads {
         opts.threads = t.clamp(1, 64);
+    }
+    if let Some(p) = &args.prefetch_list {
+        opts.prefetch_list = build::prefetchlist::load(p)?;
     }
     let sources: Vec<Source> = args.sources.iter().map(|p| Source::from_arg(p)).collect();
     let r = build::build(&sources, &args.outdir, &opts)?;

@@ -23,3 +23,4 @@ pub mod doctor;
 pub mod inspect;
 pub mod mount;
 pub mod status;
+pub mod trace;
