@@ -16,8 +16,10 @@
 //! …
 //! ```
 //!
-//! Only the fanotify fast path is invisible here: an access the kernel makes to a group that
-//! is already in the cache never reaches the fill engine, so a warm cache records nothing.
+//! Accesses the front-end answers without the fill engine (fanotify's fast path for a range
+//! already filled, e.g. by read-ahead) are noted through [`Target::note_access`](super::fill::Target::note_access).
+//! What the kernel never asks about is not seen: a blob whose mark is gone (complete), or
+//! cachefiles objects already in the cache, record nothing.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -64,6 +66,20 @@ impl TraceLog {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl super::fill::Target {
+    /// Notes a kernel access the front-end served without the fill engine (a range already
+    /// filled, e.g. by read-ahead), so the trace holds every group the kernel asked for.
+    pub fn note_access(&self, offset: u64, len: u64) {
+        let size = self.blob.size();
+        if len == 0 || offset >= size {
+            return;
+        }
+        if let Ok(run) = self.blob.map.map(offset, len.min(size - offset)) {
+            self.trace().note(run.first, run.last);
+        }
     }
 }
 

@@ -184,6 +184,7 @@ impl Server {
             self.metrics.fast_allowed.fetch_add(1, Ordering::Relaxed);
             self.respond(raw, Response::ALLOW);
             drop(fd);
+            cf.target.note_access(range.offset, range.count);
             self.maybe_prefetch(&cf, range.offset, range.count);
             return;
         }
