@@ -444,7 +444,8 @@ async fn hostile_sources_fail_cleanly_and_write_nothing() {
     };
     let remove: Breaker = |l, d| std::fs::remove_file(l.join("blobs/sha256").join(&d[1][7..])).unwrap();
     let nothing: Breaker = |_, _| {};
-    let cases: Vec<(&str, Vec<Vec<u8>>, Breaker, &[&str])> = vec![
+    type Case<'a> = (&'a str, Vec<Vec<u8>>, Breaker, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         ("digest-mismatch", vec![good.clone(), good.clone()], flip, &["does not match"]),
         ("missing-blob", vec![good.clone(), dotdot.clone()], remove, &["missing"]),
         ("dotdot-tar", vec![good.clone(), dotdot.clone()], nothing, &["../evil-dotdot", ".."]),
@@ -572,4 +573,38 @@ async fn tls_registry_needs_the_ca_file_or_insecure() {
     let got = dst.fetch_manifest("t").await.unwrap();
     assert_eq!(got.digest, manifest_digest(&out));
     pull_back(&dst, &got.bytes, &dir.path().join("pulled")).await.check_and_raw();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_sources_resolve_to_the_host_platform() {
+    let test = "index_sources_resolve_to_the_host_platform";
+    if !needs_tools(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start("", None);
+    let host = reg.host_port();
+    let layout = small_layout(dir.path());
+    run(&["skopeo", "copy", "--quiet", "--dest-tls-verify=false", &format!("oci:{}:t", layout.display()), &format!("docker://{host}/erofsd/multi:single")]);
+    let src = registry_source(&reg, "erofsd/multi", Credentials::Anonymous);
+    let single = src.fetch_manifest("single").await.unwrap();
+    // An index naming the image for two platforms (the registry checks that what it names
+    // exists, so both entries point at the one manifest we have).
+    let entry = |arch: &str| serde_json::json!({"mediaType": m::OCI_MANIFEST, "digest": single.digest, "size": single.bytes.len(), "platform": {"os": "linux", "architecture": arch}});
+    let client = push_client(None);
+    let (_, arch) = m::host_platform(); // amd64 on x86_64
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": m::OCI_INDEX, "manifests": [entry("riscv64"), entry(arch)]});
+    push_manifest(&client, &reg.url, "erofsd/multi", "index", m::OCI_INDEX, &serde_json::to_vec(&index).unwrap(), None).await;
+    let source = format!("http://{host}/erofsd/multi:index");
+    let out = convert_ok(&[&source, &format!("http://{host}/erofsd/multi-conv:t")]);
+    let dst = registry_source(&reg, "erofsd/multi-conv", Credentials::Anonymous);
+    let got = dst.fetch_manifest("t").await.unwrap();
+    assert_eq!(got.digest, manifest_digest(&out));
+    // The source digest recorded is the platform manifest's, not the index's.
+    check_contract(&got.bytes, &source, &single.digest);
+    // An index without the host's platform is a clear error.
+    let other = serde_json::json!({"schemaVersion": 2, "mediaType": m::OCI_INDEX, "manifests": [entry("riscv64"), entry("s390x")]});
+    push_manifest(&client, &reg.url, "erofsd/multi", "other", m::OCI_INDEX, &serde_json::to_vec(&other).unwrap(), None).await;
+    let e = convert_err(&[&format!("http://{host}/erofsd/multi:other"), &format!("http://{host}/erofsd/multi-conv:other")]);
+    assert!(e.contains(&format!("linux/{arch}")) && e.contains("linux/riscv64, linux/s390x"), "{e}");
 }
