@@ -116,7 +116,7 @@ fn prefetch_list_puts_listed_files_first_and_round_trips() {
 fn mount_with(d: &Daemon, image: &Path, mnt: &Path, extra: &[&str]) {
     let mut args: Vec<&std::ffi::OsStr> =
         vec!["mount".as_ref(), image.as_os_str(), mnt.as_os_str(), "--api-socket".as_ref(), d.socket.as_os_str()];
-    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(s)));
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
     let out = cli::run(cli::erofsd_bin(), args);
     assert!(out.status.success(), "erofsd mount failed: {}\nlog:\n{}", cli::tail(&out.stderr), d.log_text());
 }

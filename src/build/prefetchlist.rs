@@ -154,9 +154,12 @@ fn regular_file_under(root: &Path, rel: &[u8]) -> Result<Option<std::path::PathB
     Ok(Some(path))
 }
 
+/// A file's path and its `(blob index, group)` pairs.
+type FileGroups = (Vec<u8>, Vec<(usize, u32)>);
+
 /// The groups of each chunked regular file: `(path, [(blob index, group)])`, one entry per
 /// inode (the first path a hard-linked file is reached by), in walk order.
-fn file_groups<T: AsRef<[u8]>>(img: &Reader<T>) -> Result<Vec<(Vec<u8>, Vec<(usize, u32)>)>> {
+fn file_groups<T: AsRef<[u8]>>(img: &Reader<T>) -> Result<Vec<FileGroups>> {
     let Some(blobs) = img.blobs() else { bail!("the bootstrap has no erofsd blob table (not built by `erofsd build`)") };
     let gs: Vec<u64> = blobs.iter().map(|b| b.group_size()).collect();
     let mut seen = HashSet::new();

@@ -181,6 +181,7 @@ impl Shared {
 impl MountPrefetch {
     /// Starts prefetch (per `config.mode`) and trace saving for one mount, on `rt`.
     /// `cache_dir: None` disables trace saving.
+    #[allow(clippy::too_many_arguments)] // each is a distinct piece of the mount; a struct would only rename them
     pub fn start(
         rt: &tokio::runtime::Handle,
         filler: Filler,

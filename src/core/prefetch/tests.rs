@@ -70,7 +70,7 @@ fn fixture(len: usize, delay: Duration) -> Fixture {
 impl Fixture {
     fn target(&self, name: &str) -> (Arc<Target>, std::fs::File) {
         let blob = &self.image.blobs[0];
-        let f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(self.dir.join(name)).unwrap();
+        let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(self.dir.join(name)).unwrap();
         f.set_len(blob.size()).unwrap();
         let fd: OwnedFd = f.try_clone().unwrap().into();
         (Target::new(blob.clone(), fd), f)
@@ -243,4 +243,47 @@ fn config_parses_modes_and_sizes() {
     assert_eq!((w.prefetch.mode, w.prefetch.bandwidth.0), (PrefetchMode::None, 1000));
     assert!(toml::from_str::<W>("[prefetch]\nmode = \"all\"\n").is_err());
     assert!(toml::from_str::<W>("[prefetch]\nbandwith = 1\n").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_is_saved_periodically_and_grows_from_its_base() {
+    let fx = fixture(1 << 20, Duration::ZERO);
+    let filler = Filler::new(Writer::start(), 8);
+    let cache = fx.dir.join("cache");
+    let path = state_trace_path(&cache, &fx.image.id);
+    let id = fx.image.blobs[0].id.clone();
+    {
+        let (target, _f) = fx.target("run1");
+        let p = fx.start(&filler, &target, &cache, PrefetchConfig { trace_save_interval: 1, ..Default::default() });
+        filler.fill(&target, 9 * 65536, 1).await.unwrap();
+        let t0 = Instant::now();
+        while !path.exists() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "no periodic save");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(Trace::load(&path).unwrap().entries, vec![(id.clone(), 9)]);
+        drop(p); // a crash: no final save, the periodic one stays
+    }
+    // A trace-mode run: group 9 is prefetched (so never missed); a new miss (2) is appended.
+    let (target, _f) = fx.target("run2");
+    let p = fx.start(&filler, &target, &cache, PrefetchConfig { mode: PrefetchMode::Trace, ..Default::default() });
+    wait_done(&p, Duration::from_secs(10)).await;
+    filler.fill(&target, 2 * 65536, 1).await.unwrap();
+    p.stop();
+    assert_eq!(Trace::load(&path).unwrap().entries, vec![(id.clone(), 9), (id, 2)]);
+}
+
+#[test]
+fn daemon_config_has_a_prefetch_table() {
+    let c: crate::daemon::config::Config = toml::from_str("[prefetch]\nmode = \"blobs\"\nbandwidth = \"8M\"\nmax_in_flight = 2\n").unwrap();
+    assert_eq!((c.prefetch.mode, c.prefetch.bandwidth.0, c.prefetch.max_in_flight), (PrefetchMode::Blobs, 8 << 20, 2));
+    let d = crate::daemon::config::Config::default();
+    assert_eq!(d.prefetch.mode, PrefetchMode::None);
+    // Old mount requests (no prefetch fields) still parse; overrides apply on top of the daemon's.
+    let r: crate::frontend::MountRequest = serde_json::from_str(r#"{"image":"/i","mountpoint":"/m"}"#).unwrap();
+    assert_eq!(r.prefetch_config(&c.prefetch), c.prefetch);
+    let r: crate::frontend::MountRequest =
+        serde_json::from_str(r#"{"image":"/i","mountpoint":"/m","prefetch":"trace+blobs","prefetch_bandwidth":0}"#).unwrap();
+    let pc = r.prefetch_config(&c.prefetch);
+    assert_eq!((pc.mode, pc.bandwidth.0), (PrefetchMode::TraceBlobs, 0));
 }
