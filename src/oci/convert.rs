@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
@@ -33,6 +34,9 @@ use super::reference::{Reference, RegistryRef};
 use crate::build::{self, BuildOptions, BuildReport, Source};
 use crate::core::registry::push::{Progress, PushOptions};
 use crate::core::registry::{docker_config, RegistryConfig, RegistrySource, TransportOptions, MAX_MANIFEST};
+
+/// Layers downloaded, and blobs uploaded, at the same time.
+pub const PARALLEL_TRANSFERS: usize = 3;
 
 pub struct ConvertOptions {
     pub source: Reference,
@@ -241,17 +245,18 @@ async fn fetch_source(opts: &ConvertOptions, work: &Path, bars: &Bars) -> Result
             let pb = bars.bytes(total, format!("pulling {} layers", manifest.layers.len()));
             let dir = work.join("layers");
             std::fs::create_dir_all(&dir)?;
-            let mut layers = Vec::new();
-            for (i, l) in manifest.layers.iter().enumerate() {
-                let dest = dir.join(format!("{}-{}", i + 1, l.hex()?));
-                let n = src
-                    .download_blob(l.hex()?, &dest)
-                    .await
-                    .with_context(|| format!("source {r}: layer {} ({})", i + 1, l.digest))?;
+            // A few at a time, kept in order; the first failure cancels the rest (their partial
+            // files go with the work directory).
+            let (src, dir, pb) = (&src, &dir, &pb);
+            let jobs = manifest.layers.iter().enumerate().map(|(i, l)| async move {
+                let hex = l.hex()?;
+                let dest = dir.join(format!("{}-{hex}", i + 1));
+                let n = src.download_blob(hex, &dest).await.with_context(|| format!("source {r}: layer {} ({})", i + 1, l.digest))?;
                 check_size(n, l, &format!("layer {}", i + 1))?;
                 pb.inc(n);
-                layers.push(dest);
-            }
+                Ok::<PathBuf, anyhow::Error>(dest)
+            });
+            let layers: Vec<PathBuf> = stream::iter(jobs).buffered(PARALLEL_TRANSFERS).try_collect().await?;
             pb.finish_and_clear();
             Ok(Fetched { manifest_digest: m.digest, config, layers, bytes: total })
         }
@@ -381,12 +386,12 @@ async fn push_registry(r: &RegistryRef, opts: &ConvertOptions, pkg: &Package, ba
     // The same blob twice (two identical layers) goes up once.
     let mut seen = std::collections::HashSet::new();
     files.retain(|(d, _)| seen.insert(d.digest.clone()));
-    let (mut uploaded, mut present, mut bytes) = (0, 0, 0u64);
-    for (d, path) in files {
+    let dst = &dst;
+    // A few blobs at a time; each is skipped when the registry has it with the right size.
+    let jobs = files.into_iter().map(|(d, path)| async move {
         let id = d.hex()?;
         if dst.blob_exists(id).await.with_context(|| format!("target {r}: checking blob {}", d.digest))? == Some(d.size) {
-            present += 1;
-            continue;
+            return Ok::<Option<u64>, anyhow::Error>(None);
         }
         let pb = bars.bytes(d.size, format!("pushing {}", &d.digest[..19]));
         let p2 = pb.clone();
@@ -396,9 +401,12 @@ async fn push_registry(r: &RegistryRef, opts: &ConvertOptions, pkg: &Package, ba
             .await
             .with_context(|| format!("target {r}: pushing blob {}", d.digest))?;
         pb.finish_and_clear();
-        uploaded += 1;
-        bytes += n;
-    }
+        Ok(Some(n))
+    });
+    let sent: Vec<Option<u64>> = stream::iter(jobs).buffer_unordered(PARALLEL_TRANSFERS).try_collect().await?;
+    let uploaded = sent.iter().filter(|x| x.is_some()).count();
+    let present = sent.len() - uploaded;
+    let bytes: u64 = sent.iter().flatten().sum();
     let digest = dst
         .push_manifest(&r.reference, manifest::OCI_MANIFEST, &pkg.manifest)
         .await
