@@ -32,3 +32,71 @@ pub fn start(shared: &Arc<Shared>, cache_dir: &Path, image: &Arc<Image>, image_p
         Arc::new(|_| {}),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::Ordering;
+
+    use cachefiles::wire::build;
+    use cachefiles::Device;
+
+    use super::super::registry::{Registration, Registry};
+    use super::super::tests::{anon_file, command, seqpacket, send, wait_for};
+    use super::*;
+    use crate::core::fill::Filler;
+    use crate::core::images::ImageStore;
+    use crate::core::prefetch::PrefetchMode;
+    use crate::core::writer::Writer;
+
+    /// A blobs-mode prefetch finds the blob object the (stand-in) kernel opened, learns what it
+    /// already holds, and fills the rest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blobs_prefetch_fills_the_opened_blob_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        std::fs::write(tree.join("data.bin"), &data).unwrap();
+        let out = dir.path().join("img");
+        let opts = crate::build::BuildOptions { chunk_size_log2: 16, group_size_log2: 16, ..Default::default() };
+        crate::build::build(&[crate::build::Source::from_arg(&tree)], &out, &opts).unwrap();
+        let image = ImageStore::new().load_dir(&out).unwrap();
+        let blob = image.blobs[0].clone();
+
+        let (ours, peer) = seqpacket();
+        let shared = Arc::new(Shared {
+            device: Device::from(ours),
+            registry: Registry::new(dir.path().join("state.json")),
+            objects: Default::default(),
+            filler: Filler::new(Writer::pwrite_only(), 4),
+            metrics: Default::default(),
+            rt: tokio::runtime::Handle::current(),
+        });
+        let reg = Registration { fsid: "img1".into(), domain_id: None, image: image.clone(), image_path: out.clone(), mountpoint: "/mnt/x".into() };
+        shared.registry.add(reg).unwrap();
+        let (handle, stop) = super::super::reader::spawn(shared.clone()).unwrap();
+        let (_boot_file, boot_fd) = anon_file(dir.path(), "boot");
+        send(&peer, &build::open(1, 10, b"erofs,img1", b"img1", boot_fd));
+        command(&peer);
+        let (blob_file, blob_fd) = anon_file(dir.path(), "blob");
+        send(&peer, &build::open(2, 11, b"erofs,img1", blob.id.as_bytes(), blob_fd));
+        assert_eq!(command(&peer), format!("copen 2,{}", blob.size()));
+
+        let config = PrefetchConfig { mode: PrefetchMode::Blobs, ..Default::default() };
+        let p = start(&shared, &dir.path().join("cache"), &image, &out, &config);
+        wait_for("prefetch", || p.progress.done.load(Ordering::Acquire));
+        let groups = blob.map.group_count();
+        assert_eq!(p.progress.groups.load(Ordering::Relaxed), groups as u64);
+        assert_eq!(blob.stats.prefetch_groups.load(Ordering::Relaxed), groups as u64);
+        for g in 0..groups {
+            let want = blob.fetch_groups(g, g).await.unwrap();
+            let mut got = vec![0u8; want[0].len()];
+            blob_file.read_exact_at(&mut got, blob.map.group_range(g).start).unwrap();
+            assert!(got[..] == want[0][..], "group {g}");
+        }
+        p.stop();
+        stop.stop();
+        handle.join().unwrap();
+    }
+}

@@ -19,7 +19,7 @@ use crate::core::fill::Filler;
 use crate::core::images::ImageStore;
 use crate::core::writer::Writer;
 
-fn seqpacket() -> (OwnedFd, OwnedFd) {
+pub(super) fn seqpacket() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
     // SAFETY: fds is a 2-int array.
     let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
@@ -32,13 +32,13 @@ fn seqpacket() -> (OwnedFd, OwnedFd) {
     (a, b)
 }
 
-fn send(peer: &OwnedFd, bytes: &[u8]) {
+pub(super) fn send(peer: &OwnedFd, bytes: &[u8]) {
     let n = unsafe { libc::write(peer.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
     assert_eq!(n as usize, bytes.len());
 }
 
 /// The next command the daemon wrote (blocking, with a deadline).
-fn command(peer: &OwnedFd) -> String {
+pub(super) fn command(peer: &OwnedFd) -> String {
     let mut f = unsafe { std::fs::File::from_raw_fd(libc::dup(peer.as_raw_fd())) };
     let mut buf = [0u8; 256];
     let n = f.read(&mut buf).unwrap();
@@ -46,7 +46,7 @@ fn command(peer: &OwnedFd) -> String {
 }
 
 /// A file standing in for an anon fd: its raw number is handed over like the kernel does.
-fn anon_file(dir: &std::path::Path, name: &str) -> (std::fs::File, u32) {
+pub(super) fn anon_file(dir: &std::path::Path, name: &str) -> (std::fs::File, u32) {
     let f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(dir.join(name)).unwrap();
     let raw = f.try_clone().unwrap().into_raw_fd();
     // The kernel installs anon fds without FD_CLOEXEC; the device layer sets it.
@@ -54,7 +54,7 @@ fn anon_file(dir: &std::path::Path, name: &str) -> (std::fs::File, u32) {
     (f, raw as u32)
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+pub(super) fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !cond() {
         assert!(t0.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
