@@ -10,7 +10,7 @@ use crate::cache::gc::{GcReport, GcRequest, Offline};
 use crate::cache::size::{format_size, parse_size};
 use crate::cache::{DirLock, Listing};
 use crate::daemon::client::call_json;
-use crate::daemon::config::{Config, DEFAULT_API_SOCKET, DEFAULT_CACHE_DIR};
+use crate::daemon::config::{Config, DEFAULT_API_SOCKET};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -20,9 +20,9 @@ pub struct Args {
 
 #[derive(clap::Args, Debug)]
 pub struct Common {
-    /// The daemon's control socket (asked first).
-    #[arg(long, default_value = DEFAULT_API_SOCKET)]
-    pub api_socket: PathBuf,
+    /// The daemon's control socket, asked first [default: from --config, else /run/erofsd/api.sock].
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
     /// Cache directory to use when no daemon answers [default: from --config, else /var/cache/erofsd].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -51,6 +51,7 @@ pub enum Sub {
         /// Report what would be evicted without evicting.
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON (the API's `POST /api/v1/cache/gc` answer).
         #[arg(long)]
         json: bool,
     },
@@ -60,8 +61,9 @@ pub fn run(args: Args) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match args.command {
         Sub::Ls { common, json } => {
-            let listing = match daemon_answers(&common.api_socket) {
-                true => rt.block_on(call_json::<Listing>(&common.api_socket, Method::GET, "/api/v1/cache", None::<&()>))?,
+            let socket = common.socket()?;
+            let listing = match daemon_answers(&socket) {
+                true => rt.block_on(call_json::<Listing>(&socket, Method::GET, "/api/v1/cache", None::<&()>))?,
                 false => offline_listing(&common)?,
             };
             if json {
@@ -72,8 +74,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         Sub::Gc { common, max_size, dry_run, json } => {
             let req = GcRequest { max_size, dry_run };
-            let report = match daemon_answers(&common.api_socket) {
-                true => rt.block_on(call_json::<GcReport>(&common.api_socket, Method::POST, "/api/v1/cache/gc", Some(&req)))?,
+            let socket = common.socket()?;
+            let report = match daemon_answers(&socket) {
+                true => rt.block_on(call_json::<GcReport>(&socket, Method::POST, "/api/v1/cache/gc", Some(&req)))?,
                 false => offline_gc(&common, req)?,
             };
             if json {
@@ -89,6 +92,19 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+impl Common {
+    /// `--api-socket`, else the config file's, else the default.
+    fn socket(&self) -> Result<PathBuf> {
+        if let Some(s) = &self.api_socket {
+            return Ok(s.clone());
+        }
+        Ok(match &self.config {
+            Some(p) => Config::from_file(p)?.api_socket,
+            None => DEFAULT_API_SOCKET.into(),
+        })
+    }
+}
+
 fn daemon_answers(socket: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(socket).is_ok()
 }
@@ -96,13 +112,13 @@ fn daemon_answers(socket: &Path) -> bool {
 fn offline_config(common: &Common) -> Result<Config> {
     let mut c = match &common.config {
         Some(p) => Config::from_file(p)?,
-        None => Config { cache_dir: DEFAULT_CACHE_DIR.into(), ..Config::default() },
+        None => Config::default(),
     };
     if let Some(d) = &common.cache_dir {
         c.cache_dir = d.clone();
     }
     if !c.cache_dir.is_dir() {
-        bail!("no daemon answers at {} and cache directory {} does not exist", common.api_socket.display(), c.cache_dir.display());
+        bail!("no daemon answers at {} and cache directory {} does not exist", common.socket()?.display(), c.cache_dir.display());
     }
     Ok(c)
 }
@@ -115,7 +131,7 @@ fn offline_lock(common: &Common, dir: &Path) -> Result<DirLock> {
         None => bail!(
             "cache directory {} is locked by a running erofsd, but no daemon answers at {}: pass its --api-socket",
             dir.display(),
-            common.api_socket.display()
+            common.socket()?.display()
         ),
     }
 }
