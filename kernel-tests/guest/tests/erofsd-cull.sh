@@ -57,3 +57,25 @@ echo "after cull: $again READs"
 [ "$again" -gt 0 ] || fail "no READ after the cache was culled (served from where?)"
 ero umount /mnt/cull || fail "umount failed"
 stop_daemon
+
+# The daemon's size limit: with 64 KiB, an umount leaves nothing cached (both objects are larger
+# and no longer in use); the next mount is served byte-exact again.
+restart_daemon --cache-max-size 64K
+ero mount "$ERO_IN/gen" /mnt/cull --fsid cull1 || fail "mount under a size limit failed"
+ktest-tree verify /mnt/cull "$ERO_IN/gen.manifest" --xattrs || fail "read under a size limit differs"
+ero umount /mnt/cull || fail "umount failed"
+i=0
+while :; do
+    ero cache ls --json >/tmp/ls3.json || fail "cache ls failed"
+    left=$(objects /tmp/ls3.json)
+    [ "$left" = 0 ] && break
+    i=$((i + 1))
+    [ $i -lt 40 ] || { cat /tmp/ls3.json; tail -n 20 "$ERO_LOG"; fail "size limit: $left object(s) still cached"; }
+    sleep 0.5
+done
+echo "size limit 64K: cache emptied $((i / 2)) s after umount"
+grep -q "cache gc: evicted" "$ERO_LOG" || fail "no eviction logged"
+ero mount "$ERO_IN/gen" /mnt/cull --fsid cull1 || fail "mount after eviction failed"
+ktest-tree verify /mnt/cull "$ERO_IN/gen.manifest" --xattrs || fail "read after eviction differs"
+ero umount /mnt/cull || fail "umount failed"
+stop_daemon
