@@ -432,10 +432,12 @@ fn write_layout(dir: &Path, tag: &str, pkg: &Package, work: &Path) -> Result<(us
         }
     }
     for b in [&pkg.config.1, &pkg.manifest] {
-        let d = lay.put_blob_bytes(b)?;
-        let _ = d;
-        uploaded += 1;
-        bytes += b.len() as u64;
+        if lay.put_blob_bytes(b)?.1 {
+            uploaded += 1;
+            bytes += b.len() as u64;
+        } else {
+            present += 1;
+        }
     }
     let mdesc = Descriptor::new(manifest::OCI_MANIFEST, pkg.manifest_digest.clone(), pkg.manifest.len() as u64);
     lay.set_tag(tag, &mdesc)?;

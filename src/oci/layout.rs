@@ -117,14 +117,16 @@ impl OciLayout {
         Ok(bytes)
     }
 
-    /// Stores `bytes` as blob `digest` (computed here); returns the digest.
-    pub fn put_blob_bytes(&self, bytes: &[u8]) -> Result<String> {
+    /// Stores `bytes` as a blob; returns its digest (computed here) and whether it was written
+    /// (false: a blob with that content was already there).
+    pub fn put_blob_bytes(&self, bytes: &[u8]) -> Result<(String, bool)> {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
-        let p = self.blob_path(&digest)?;
-        if !p.exists() {
-            self.write_atomic(&p, bytes)?;
+        let d = Descriptor::new("application/octet-stream", digest.clone(), bytes.len() as u64);
+        if self.has_blob(&d)? {
+            return Ok((digest, false));
         }
-        Ok(digest)
+        self.write_atomic(&self.blob_path(&digest)?, bytes)?;
+        Ok((digest, true))
     }
 
     /// Stores file `src` as blob `d` (whose digest the caller computed). With `may_move`, a
@@ -200,7 +202,9 @@ mod tests {
     fn create_put_tag_resolve_verify() {
         let dir = tempfile::tempdir().unwrap();
         let l = OciLayout::create(&dir.path().join("lay")).unwrap();
-        let d = l.put_blob_bytes(b"hello").unwrap();
+        let (d, written) = l.put_blob_bytes(b"hello").unwrap();
+        assert!(written);
+        assert!(!l.put_blob_bytes(b"hello").unwrap().1);
         let desc = Descriptor::new("application/octet-stream", d.clone(), 5);
         assert!(l.has_blob(&desc).unwrap());
         assert_eq!(l.read_blob(&desc, 100).unwrap(), b"hello");
