@@ -454,3 +454,30 @@ fn cache_offline_gc_keeps_the_blobs_of_mounts_a_killed_daemon_left() {
     assert!(read_f(&ma.0) == a.data, "the surviving mount reads differently");
     nix::mount::umount2(&ma.0, nix::mount::MntFlags::MNT_DETACH).unwrap();
 }
+
+#[test]
+fn cache_second_daemon_on_the_same_cache_dir_is_refused() {
+    let test = "cache_second_daemon_on_the_same_cache_dir_is_refused";
+    let s = fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let d = Daemon::start(s.path(), false);
+    let sock = s.path().join("second.sock");
+    let t0 = std::time::Instant::now();
+    let out = erofsd(&[
+        "daemon",
+        "--frontend",
+        "fanotify",
+        "--cache-dir",
+        d.cache.to_str().unwrap(),
+        "--api-socket",
+        sock.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second daemon started on a cache dir in use");
+    assert!(err.contains("is locked"), "unclear refusal: {err}");
+    eprintln!("second daemon refused after {:?}", t0.elapsed());
+    assert!(!sock.exists());
+    assert_eq!(d.info()["state"], "RUNNING", "the first daemon is unaffected");
+}
