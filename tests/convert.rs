@@ -284,10 +284,37 @@ async fn rootfs_layout_to_registry_and_layout_mounts_as_umoci_unpack() {
     assert!(leftovers.is_empty(), "work directory left behind: {leftovers:?}");
     run(&["skopeo", "copy", "--quiet", &format!("oci:{}:conv", lay.display()), &format!("oci:{}:c2", s.path().join("copy2").display())]);
 
-    // Run again into the registry: everything is already there.
-    let out3 = convert_ok(&[&source, &target]);
+    // A push killed (SIGKILL) while the big blob is going up and the smallest one has arrived,
+    // then run again: the rerun completes it with the same manifest, skipping what arrived.
+    let killed = format!("http://{}/erofsd/killed:conv", reg.host_port());
+    let killed_src = registry_source(&reg, "erofsd/killed", Credentials::Anonymous);
+    let smallest = layers.iter().min_by_key(|l| l["size"].as_u64().unwrap()).unwrap()["digest"].as_str().unwrap()[7..].to_string();
+    let uploads = reg.log.parent().unwrap().join("storage/docker/registry/v2/repositories/erofsd/killed/_uploads");
+    let mut child = std::process::Command::new(cli::erofsd_bin())
+        .args(["convert", &source, &killed, "-q"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        // An upload session exists from its POST until its blob is complete.
+        let uploading = std::fs::read_dir(&uploads).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if uploading && killed_src.blob_exists(&smallest).await.unwrap().is_some() {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "convert finished before it could be interrupted");
+        assert!(std::time::Instant::now() < deadline, "no upload started");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success());
+    assert!(killed_src.fetch_manifest("conv").await.is_err(), "no manifest after the kill");
+    let out3 = convert_ok(&[&source, &killed]);
     assert_eq!(manifest_digest(&out3), digest);
-    assert_eq!(written_present(&out3), (0, layers.len() + 1), "blobs + bootstrap + config all present");
+    let (written, present) = written_present(&out3);
+    assert!(written >= 1 && present >= 1 && written + present == layers.len() + 1, "{written} written, {present} present");
+    assert_eq!(killed_src.fetch_manifest("conv").await.unwrap().bytes, fetched.bytes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
