@@ -1,8 +1,9 @@
 //! Prefetch end to end: `erofsd build --prefetch-list` layouts, and the daemon's access traces,
-//! `erofsd trace export`, and background prefetch (`trace`, `blobs`, bandwidth cap) through
-//! the fanotify front-end on the host kernel.
-//! The fanotify tests need root and a 6.14+ kernel with EROFS file-backed mounts; they skip
-//! loudly otherwise (and fail under CI=true).
+//! `erofsd trace export`, and background prefetch (`trace`, `blobs`, bandwidth cap, demand
+//! first) through the fanotify front-end on the host kernel.
+//! The fanotify tests need root and a 6.14+ kernel with EROFS file-backed mounts (the priority
+//! test also docker-registry and the `oci` fixture); they skip loudly otherwise (and fail
+//! under CI=true).
 
 mod build_common;
 mod common;
@@ -11,6 +12,7 @@ mod fanotify_harness;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::registry::{require_registry, Fault, FaultFront, Registry};
 use common::{cli, fixtures};
 use erofs::reader::ExtentKind;
 use fanotify_harness::{require_fanotify, Daemon, MountDir};
@@ -281,5 +283,65 @@ fn fanotify_prefetch_bandwidth_cap_is_a_floor_on_time() {
     assert!(bytes >= 32 << 20, "the whole (incompressible) blob was prefetched: {bytes}");
     // One 1 MiB piece may go at once; the other 31 MiB take >= 31/8 s = 3.875 s.
     assert!(took >= Duration::from_millis(3500), "the cap was not applied: {took:?}");
+    d.umount(&mnt.0);
+}
+
+/// Priority end to end: images served from a registry behind a proxy that delays every request
+/// by 300 ms, a whole-blob prefetch running, and a reader touching a far file the prefetch has
+/// not reached: its read takes about one request, not a wait behind the prefetch.
+#[test]
+fn fanotify_on_demand_read_goes_ahead_of_a_slow_prefetch() {
+    let test = "fanotify_on_demand_read_goes_ahead_of_a_slow_prefetch";
+    let s = fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) || !require_registry(test) {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let reg = Registry::start("", None);
+    let layout = fixtures::fixture("oci").join("layout");
+    cli::run_ok(
+        cli::erofsd_bin(),
+        ["convert", "-q", &format!("oci:{}:l3", layout.display()), &format!("http://{}/erofsd/rootfs:l3", reg.host_port())],
+    );
+    let front = rt.block_on(FaultFront::start(reg.host_port().parse().unwrap()));
+    let delay = Duration::from_millis(300);
+    front.set_always(Some(Fault::Delay(delay)));
+    let d = Daemon::start(s.path(), false);
+    let mnt = MountDir::new(s.path(), "mnt");
+    mount_with(&d, Path::new(&format!("{}/erofsd/rootfs:l3", front.url())), &mnt.0, &["--prefetch", "blobs"]);
+    // Let the prefetch get going (it is one 1 MiB request at a time, each >= 300 ms).
+    let t0 = Instant::now();
+    while blobs_sum(&d, "prefetch_groups") == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "prefetch did not start\nlog:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The last large file in walk order (far from the front of the blobs), never read.
+    let expected = fixtures::fixture("oci").join("final/rootfs");
+    let far = fanotify_harness::regular_files(&expected)
+        .into_iter()
+        .rev()
+        .find(|f| std::fs::metadata(expected.join(f)).unwrap().len() > 1 << 20)
+        .expect("a file over 1 MiB");
+    let before = (blobs_sum(&d, "requests"), blobs_sum(&d, "prefetch_groups"));
+    let f = std::fs::File::open(mnt.0.join(&far)).unwrap();
+    // SAFETY: advice on our own open fd; no kernel read-ahead, so the read is one small range.
+    unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_RANDOM) };
+    let mut buf = vec![0u8; 4096];
+    let t1 = Instant::now();
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 0).unwrap();
+    let took = t1.elapsed();
+    let after = (blobs_sum(&d, "requests"), blobs_sum(&d, "prefetch_groups"));
+    eprintln!(
+        "on-demand read of {} during a prefetch: {took:.2?} (request delay {delay:?}); requests {} -> {}, prefetched groups {} -> {}",
+        far.display(),
+        before.0,
+        after.0,
+        before.1,
+        after.1
+    );
+    assert!(buf[..] == std::fs::read(expected.join(&far)).unwrap()[..4096], "exact bytes");
+    assert!(took >= delay, "the read took {took:?}: its range was already cached, so this run proves nothing");
+    assert!(took < 2 * delay, "the read took {took:?}: it waited behind the prefetch");
+    drop(f);
     d.umount(&mnt.0);
 }
