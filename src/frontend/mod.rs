@@ -92,6 +92,13 @@ pub trait Frontend: Send + Sync + 'static {
         true
     }
 
+    /// Sets `in_use` of every entry; front-ends that ask the kernel batch it.
+    fn cache_in_use_all(&self, cache_dir: &Path, entries: &mut [crate::cache::CacheEntry]) {
+        for e in entries {
+            e.in_use = self.cache_in_use(cache_dir, e);
+        }
+    }
+
     /// Evicts a cache entry no mount uses, atomically with respect to new mounts taking it;
     /// `Ok(false)` if it is in use. Default: never evicts.
     fn cache_evict(&self, _cache_dir: &Path, _entry: &crate::cache::CacheEntry) -> Result<bool> {
