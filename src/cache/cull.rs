@@ -49,6 +49,51 @@ pub fn inuse(device: &Device, cache_dir: &Path, entry: &CacheEntry) -> Result<bo
     in_object_dir(cache_dir, entry, |name| device.inuse(name).with_context(|| format!("inuse {name}")))
 }
 
+/// `inuse` for many objects from one thread: one `unshare`, one `fchdir` per directory (a gc
+/// pass asks about every object). Entries that are not cachefiles objects get an error.
+pub fn inuse_all(device: &Device, cache_dir: &Path, entries: &[CacheEntry]) -> Vec<Result<bool>> {
+    let root = Path::new(CACHEFILES_DIR).join("cache");
+    let run = || -> Result<Vec<Result<bool>>> {
+        // SAFETY: unshare(CLONE_FS) affects only this thread, which ends right after.
+        if unsafe { libc::unshare(libc::CLONE_FS) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("unshare(CLONE_FS)");
+        }
+        let mut cwd: Option<std::path::PathBuf> = None;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            out.push((|| -> Result<bool> {
+                if e.kind != EntryKind::CachefilesObject {
+                    bail!("{} is not a cachefiles object", e.path.display());
+                }
+                let (parent, name) = split_entry_path(&e.path)?;
+                if !parent.starts_with(&root) {
+                    bail!("{} is not inside the cachefiles cache", e.path.display());
+                }
+                if cwd.as_deref() != Some(parent.as_path()) {
+                    cwd = None;
+                    let dir = open_dir_below(cache_dir, &parent)?;
+                    // SAFETY: fchdir to a directory fd we own; this thread's cwd only.
+                    if unsafe { libc::fchdir(dir.as_raw_fd()) } < 0 {
+                        return Err(std::io::Error::last_os_error()).context("fchdir");
+                    }
+                    cwd = Some(parent);
+                }
+                device.inuse(&name).with_context(|| format!("inuse {name}"))
+            })());
+        }
+        Ok(out)
+    };
+    let r = std::thread::scope(|s| s.spawn(run).join());
+    match r {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            let msg = format!("{e:#}");
+            entries.iter().map(|_| Err(anyhow::anyhow!("{msg}"))).collect()
+        }
+        Err(_) => entries.iter().map(|_| Err(anyhow::anyhow!("cachefiles inuse thread panicked"))).collect(),
+    }
+}
+
 /// `cull`: true if culled; false if the kernel says the object is in use (EBUSY) or gone.
 pub fn cull(device: &Device, cache_dir: &Path, entry: &CacheEntry) -> Result<bool> {
     in_object_dir(cache_dir, entry, |name| match device.send(&Command::Cull(name.to_owned())) {

@@ -15,6 +15,12 @@ use super::{cull, list, plan_eviction, touch_below, unlink_below, CacheEntry, En
 /// Who knows what is in use and how to evict it.
 pub trait Evictor {
     fn in_use(&self, entry: &CacheEntry) -> bool;
+    /// Sets `in_use` of every entry (one batch: cachefiles asks the kernel from one thread).
+    fn in_use_all(&self, entries: &mut [CacheEntry]) {
+        for e in entries {
+            e.in_use = self.in_use(e);
+        }
+    }
     /// Evicts `entry` if nothing uses it; `Ok(false)` if it is (now) in use.
     fn evict(&self, entry: &CacheEntry) -> Result<bool>;
 }
@@ -48,8 +54,8 @@ pub struct GcReport {
 pub fn listing(dir: &Path, ev: &dyn Evictor, touch: bool) -> Result<Vec<CacheEntry>> {
     let mut entries = list(dir)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    ev.in_use_all(&mut entries);
     for e in &mut entries {
-        e.in_use = ev.in_use(e);
         if e.in_use && touch && touch_below(dir, &e.path).is_ok() {
             e.last_use = now;
         }

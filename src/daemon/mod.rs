@@ -44,6 +44,9 @@ impl crate::cache::gc::Evictor for FrontendEvictor<'_> {
     fn in_use(&self, e: &crate::cache::CacheEntry) -> bool {
         self.frontend.cache_in_use(self.cache_dir, e)
     }
+    fn in_use_all(&self, entries: &mut [crate::cache::CacheEntry]) {
+        self.frontend.cache_in_use_all(self.cache_dir, entries)
+    }
     fn evict(&self, e: &crate::cache::CacheEntry) -> Result<bool> {
         self.frontend.cache_evict(self.cache_dir, e)
     }

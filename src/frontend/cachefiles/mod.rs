@@ -313,6 +313,23 @@ impl Frontend for CachefilesFrontend {
         }
     }
 
+    /// One thread asks about every object (cwd set once per fanout directory).
+    fn cache_in_use_all(&self, cache_dir: &Path, entries: &mut [crate::cache::CacheEntry]) {
+        let objects: Vec<usize> =
+            (0..entries.len()).filter(|&i| entries[i].kind == crate::cache::EntryKind::CachefilesObject).collect();
+        let batch: Vec<crate::cache::CacheEntry> = objects.iter().map(|&i| entries[i].clone()).collect();
+        let answers = crate::cache::cull::inuse_all(&self.shared.device, cache_dir, &batch);
+        for (&i, r) in objects.iter().zip(answers) {
+            entries[i].in_use = r.unwrap_or_else(|e| {
+                warn!("cachefiles: {e:#}; treating {} as in use", entries[i].path.display());
+                true
+            });
+        }
+        for e in entries.iter_mut().filter(|e| e.kind != crate::cache::EntryKind::CachefilesObject) {
+            e.in_use = self.cache_in_use(cache_dir, e);
+        }
+    }
+
     /// `cull` (the kernel refuses with EBUSY if the object is in use, atomically).
     fn cache_evict(&self, cache_dir: &Path, entry: &crate::cache::CacheEntry) -> Result<bool> {
         match entry.kind {
