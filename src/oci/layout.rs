@@ -28,7 +28,9 @@ impl OciLayout {
     /// Opens an existing layout (it must have `oci-layout` and `index.json`).
     pub fn open(dir: &Path) -> Result<OciLayout> {
         let marker = dir.join(LAYOUT_FILE);
-        let v = std::fs::read(&marker).with_context(|| format!("{} is not an OCI layout (no {LAYOUT_FILE})", dir.display()))?;
+        let f = File::open(&marker).with_context(|| format!("{} is not an OCI layout (no {LAYOUT_FILE})", dir.display()))?;
+        let mut v = Vec::new();
+        f.take(4096).read_to_end(&mut v).with_context(|| format!("reading {}", marker.display()))?;
         let v: serde_json::Value = serde_json::from_slice(&v).with_context(|| format!("{}: not JSON", marker.display()))?;
         if v.get("imageLayoutVersion").and_then(|x| x.as_str()) != Some("1.0.0") {
             bail!("{}: unsupported imageLayoutVersion {}", marker.display(), v["imageLayoutVersion"]);
@@ -91,7 +93,11 @@ impl OciLayout {
     pub fn verified_blob(&self, d: &Descriptor) -> Result<PathBuf> {
         let p = self.blob_path(&d.digest)?;
         let f = File::open(&p).with_context(|| format!("blob {} is missing from {}", d.digest, self.dir.display()))?;
-        let (size, digest) = hash_reader(f).with_context(|| format!("reading {}", p.display()))?;
+        if !f.metadata()?.is_file() {
+            bail!("blob {} in {} is not a regular file", d.digest, self.dir.display());
+        }
+        // At most one byte more than announced: a blob that is a link to an endless file ends.
+        let (size, digest) = hash_reader(f.take(d.size.saturating_add(1))).with_context(|| format!("reading {}", p.display()))?;
         if size != d.size {
             bail!("blob {} in {} has {size} bytes, the descriptor says {}", d.digest, self.dir.display(), d.size);
         }
@@ -219,6 +225,10 @@ mod tests {
         assert!(l.verified_blob(&desc).unwrap_err().to_string().contains("does not match"));
         assert!(l.read_blob(&desc, 100).is_err());
         assert!(l.blob_path("sha256:../../../etc/passwd").is_err());
+        // A blob that is a link to an endless device: refused, not read forever.
+        std::fs::remove_file(l.blob_path(&d).unwrap()).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", l.blob_path(&d).unwrap()).unwrap();
+        assert!(l.verified_blob(&desc).unwrap_err().to_string().contains("not a regular file"));
         // Reopen; a non-layout non-empty dir is refused.
         assert!(OciLayout::create(&dir.path().join("lay")).is_ok());
         std::fs::write(dir.path().join("junk"), b"x").unwrap();
