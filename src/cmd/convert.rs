@@ -28,7 +28,10 @@ pub struct Args {
     #[arg(long, default_value = "1M")]
     pub chunk_size: String,
     /// Blob group size: unit of compression, verification and fetch (power of two, 4K..16M).
-    #[arg(long, default_value = "256K")]
+    /// Smaller than `erofsd build`'s default: a converted image is fetched over the network,
+    /// where every byte of a group a reader does not need is wasted bandwidth (64K kept the
+    /// bytes fetched for a python startup within 1.35x of what it read; 256K: 1.9x).
+    #[arg(long, default_value = "64K")]
     pub group_size: String,
     /// Refuse images with more entries than this, over all layers.
     #[arg(long, default_value_t = build::DEFAULT_MAX_ENTRIES)]

@@ -448,9 +448,14 @@ mod read_ahead_tests {
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 200_000, 4096, || {}), 0);
         // Continuing at 4096 after 0..4096 would be sequential, but 200_000 was last: reset first.
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);
-        // Sequential: groups 1 and 2 (the 128 KiB after the request) are started, once.
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 4096, 4096, || {}), 2);
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 8192, 4096, || {}), 0, "already requested");
+        // Sequential, but the streak is 8 KiB: half of it ahead does not reach the next group
+        // (the window ramps up with the streak: two neighbouring pages get no read-ahead).
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 4096, 4096, || {}), 0);
+        // The streak is 0..64096: 32 KiB ahead reaches group 1.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 8192, 55904, || {}), 1);
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 60000, 4096, || {}), 0, "already requested");
+        // 0..131072 read: 64 KiB ahead reaches group 2.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 64096, 66976, || {}), 1);
         for _ in 0..200 {
             if target.readiness().ready_count() == 2 {
                 break;
