@@ -16,6 +16,7 @@
 # Images with the same blob id share one Blob in the daemon (content addressing), so tests never
 # mount a damaged copy next to its intact original.
 #   missing/    gen/'s bootstrap with no blobs
+#   oci-conv/   the oci fixture converted by `erofsd convert` into an OCI layout (tag conv)
 set -euo pipefail
 OUT=$1 EROFSD=$2 KTREE=$3 GEN=$4
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -83,6 +84,16 @@ cp -a "$OUT/one" "$OUT/corrupt"
 blob="$OUT/corrupt/blobs/$(ls "$OUT/corrupt/blobs")"
 size=$(stat -c %s "$blob")
 printf '\xff\x00\xff\x00' | dd of="$blob" bs=1 seek=$((size / 2)) conv=notrunc status=none
+
+# An image converted by `erofsd convert` into an OCI layout, mounted by `oci:` reference
+# (erofsd-mount-oci-ref): the oci fixture (the rootfs in 3 umoci layers, whiteouts and opaque
+# dirs) and `umoci unpack` of it as the expected tree.
+if oci="$("$REPO/scripts/make-fixtures.sh" oci 2>"$scratch/oci.log")" && [ -d "$oci/layout" ]; then
+    "$EROFSD" --log warn convert -q "oci:$oci/layout:l3" "oci:$OUT/oci-conv:conv" >"$OUT/oci-conv.log"
+    manifest "$oci/final/rootfs" "$OUT/oci-conv.manifest"
+else
+    echo "erofsd-inputs: no oci fixture (see $scratch/oci.log); erofsd-mount-oci-ref will fail" >&2
+fi
 
 mkdir -p "$OUT/missing/blobs"
 cp "$OUT/gen/image.boot" "$OUT/missing/image.boot"
