@@ -6,4 +6,5 @@ pub mod cmd;
 pub mod core;
 pub mod daemon;
 pub mod frontend;
+pub mod nydusd;
 pub mod oci;

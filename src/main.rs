@@ -41,6 +41,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A `nydusd` link: nydus-snapshotter's command line and API (src/nydusd, docs/nydus.md).
+    if erofsd::nydusd::invoked_as_nydusd() {
+        return erofsd::nydusd::main();
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))

@@ -110,6 +110,12 @@ impl FdStore {
         self.inherited.remove(name)
     }
 
+    /// Hands the store an fd received some other way (nydusd's `takeover` over the
+    /// snapshotter's supervisor socket), for a front-end to [`FdStore::take`].
+    pub fn inherit(&mut self, name: &str, fd: OwnedFd) {
+        self.inherited.insert(name.to_string(), fd);
+    }
+
     /// Parks a duplicate of `fd` under `name` with the holder (no-op without one).
     pub fn store(&self, name: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
         check_name(name)?;

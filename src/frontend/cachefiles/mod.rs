@@ -77,6 +77,11 @@ fn check_backing_fs(dir: &Path) -> Result<()> {
 
 /// Starts the front-end: takes the kernel channel and serves it on the current tokio runtime.
 pub fn start(config: &Config, filler: Filler) -> Result<Arc<dyn Frontend>> {
+    Ok(start_cachefiles(config, filler)?)
+}
+
+/// [`start`], keeping the concrete type (the nydusd surface binds images without mounting them).
+pub fn start_cachefiles(config: &Config, filler: Filler) -> Result<Arc<CachefilesFrontend>> {
     let (dir, state_path) = cache_paths(config);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating cache directory {}", dir.display()))?;
     let dir = std::fs::canonicalize(&dir)?;
@@ -184,6 +189,40 @@ pub fn start(config: &Config, filler: Filler) -> Result<Arc<dyn Frontend>> {
 }
 
 impl CachefilesFrontend {
+    /// Registers `image` under `fsid` (and `domain_id`) *without* mounting it: for callers that
+    /// mount by themselves (nydus-snapshotter). `key` stands in for the mountpoint in the
+    /// registry and its state file; [`CachefilesFrontend::unbind`] takes the same key.
+    pub fn bind(&self, key: PathBuf, fsid: &str, domain_id: Option<&str>, image: Arc<Image>, image_path: PathBuf) -> Result<()> {
+        check_name("fsid", fsid)?;
+        if let Some(d) = domain_id {
+            check_name("domain_id", d)?;
+        }
+        let reg = self.shared.registry.add(Registration {
+            fsid: fsid.into(),
+            domain_id: domain_id.map(Into::into),
+            image,
+            image_path,
+            mountpoint: key,
+        })?;
+        if let Err(e) = self.shared.registry.persist() {
+            self.shared.registry.remove(&reg.mountpoint);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Drops a [`CachefilesFrontend::bind`] registration; objects already open stay served.
+    pub fn unbind(&self, key: &Path) -> Result<bool> {
+        let found = self.shared.registry.remove(key).is_some();
+        self.shared.registry.persist()?;
+        Ok(found)
+    }
+
+    /// The /dev/cachefiles fd (handed to a failover supervisor).
+    pub fn device_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.shared.device.as_fd()
+    }
+
     async fn do_mount(&self, image: Arc<Image>, req: MountRequest) -> Result<MountInfo> {
         let fsid = req.fsid.clone().unwrap_or_else(|| image.id.clone());
         check_name("fsid", &fsid)?;
