@@ -265,7 +265,11 @@ pub struct GroupMap {
     group_size_log2: u8,
     uncompressed_size: u64,
     /// `starts[i]` = stored offset of group i; `starts[group_count]` = stored_size.
+    /// Empty in chunk mode.
     starts: Vec<u64>,
+    /// Chunk mode (nydus blobs, [`GroupMap::chunked`]): groups are the 4 KiB pages of the
+    /// address space and each page's stored range is that of the chunk holding it.
+    chunks: Vec<crate::rafs::Chunk>,
 }
 
 impl GroupMap {
@@ -302,10 +306,52 @@ impl GroupMap {
         if off != rec.stored_size {
             return Err(BlobError::BadTable(format!("stored lengths sum to {off}, record says {}", rec.stored_size)));
         }
-        Ok(GroupMap { group_size_log2: rec.group_size_log2, uncompressed_size: rec.uncompressed_size, starts })
+        Ok(GroupMap { group_size_log2: rec.group_size_log2, uncompressed_size: rec.uncompressed_size, starts, chunks: Vec::new() })
+    }
+
+    /// A map over nydus chunks (from [`crate::rafs::parse_chunk_infos`], which checked them:
+    /// 4 KiB-aligned, ascending and disjoint in both spaces). Groups are 4 KiB pages so the
+    /// fill engine's readiness, single flight and read-ahead work unchanged; [`GroupMap::map`]
+    /// widens every range to whole chunks, so a chunk is fetched and decoded once.
+    pub fn chunked(uncompressed_size: u64, chunks: Vec<crate::rafs::Chunk>) -> Result<GroupMap, BlobError> {
+        if uncompressed_size % 4096 != 0 || uncompressed_size >> 12 > u32::MAX as u64 {
+            return Err(BlobError::BadTable(format!("uncompressed size {uncompressed_size} not 4 KiB aligned or too large")));
+        }
+        let mut prev_end = 0u64;
+        let mut prev_stored = 0u64;
+        for (i, c) in chunks.iter().enumerate() {
+            let bad = |msg: &str| BlobError::BadEntry { group: i as u32, msg: msg.into() };
+            if c.uncompressed.start % 4096 != 0 || c.uncompressed.start < prev_end || c.uncompressed.end > uncompressed_size {
+                return Err(bad("chunk out of order or outside the address space"));
+            }
+            if c.uncompressed.is_empty() || c.stored.start < prev_stored || c.stored.end < c.stored.start {
+                return Err(bad("chunk stored range out of order"));
+            }
+            prev_end = c.uncompressed.end.next_multiple_of(4096);
+            prev_stored = c.stored.end;
+        }
+        Ok(GroupMap { group_size_log2: 12, uncompressed_size, starts: Vec::new(), chunks })
+    }
+
+    /// The chunk holding page `i`, chunk mode only (`None` for a hole or an erofsd map).
+    pub fn chunk_of(&self, i: u32) -> Option<&crate::rafs::Chunk> {
+        self.chunk_index(i).map(|k| &self.chunks[k])
+    }
+
+    fn chunk_index(&self, i: u32) -> Option<usize> {
+        let at = (i as u64) << 12;
+        let k = self.chunks.partition_point(|c| c.uncompressed.start <= at).checked_sub(1)?;
+        (at < self.chunks[k].uncompressed.end).then_some(k)
+    }
+
+    pub fn is_chunked(&self) -> bool {
+        self.starts.is_empty()
     }
 
     pub fn group_count(&self) -> u32 {
+        if self.is_chunked() {
+            return (self.uncompressed_size >> 12) as u32;
+        }
         (self.starts.len() - 1) as u32
     }
 
@@ -321,6 +367,20 @@ impl GroupMap {
 
     /// Stored byte range of group `i`.
     pub fn stored_range(&self, i: u32) -> std::ops::Range<u64> {
+        if self.is_chunked() {
+            let at = (i as u64) << 12;
+            let k = self.chunks.partition_point(|c| c.uncompressed.start <= at);
+            return match k.checked_sub(1).map(|k| &self.chunks[k]) {
+                Some(c) if at < c.uncompressed.end => c.stored.clone(),
+                // A hole (padding between chunks): nothing stored; an empty range where the
+                // previous chunk ends keeps stored ranges ascending.
+                Some(c) => c.stored.end..c.stored.end,
+                None => {
+                    let s = self.chunks.first().map_or(0, |c| c.stored.start);
+                    s..s
+                }
+            };
+        }
         self.starts[i as usize]..self.starts[i as usize + 1]
     }
 
@@ -330,8 +390,23 @@ impl GroupMap {
         let Some(end) = end else {
             return Err(BlobError::OutOfRange { offset, len, size: self.uncompressed_size });
         };
-        let first = (offset >> self.group_size_log2) as u32;
-        let last = ((end - 1) >> self.group_size_log2) as u32;
+        let mut first = (offset >> self.group_size_log2) as u32;
+        let mut last = ((end - 1) >> self.group_size_log2) as u32;
+        if self.is_chunked() {
+            // Widen to whole chunks: a chunk is the unit of storage and verification.
+            if let Some(c) = self.chunk_of(first) {
+                first = (c.uncompressed.start >> 12) as u32;
+            }
+            if let Some(c) = self.chunk_of(last) {
+                last = ((c.uncompressed.end - 1) >> 12) as u32;
+            }
+            return Ok(GroupRun {
+                first,
+                last,
+                stored: self.stored_range(first).start..self.stored_range(last).end,
+                uncompressed: self.group_range(first).start..self.group_range(last).end,
+            });
+        }
         Ok(GroupRun {
             first,
             last,

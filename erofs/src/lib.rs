@@ -13,6 +13,7 @@ pub mod blob;
 pub mod blobtable;
 pub mod error;
 pub mod ondisk;
+pub mod rafs;
 pub mod reader;
 pub mod tree;
 pub mod writer;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use erofs::blob::{BlobError, BlobRecord, GroupDecoder, GroupMap};
+use erofs::rafs::{decode_chunk, Chunk, Compressor, RafsBlob};
 
 use super::aligned::AlignedBuf;
 use super::source::SharedSource;
@@ -45,13 +46,41 @@ pub struct Blob {
     pub map: GroupMap,
     pub source: SharedSource,
     pub stats: BlobStats,
+    /// nydus blobs only: how compressed chunks are compressed. `None` for an erofsd blob.
+    /// (A nydus blob's `record` carries its id and sizes only; its map is chunk mode.)
+    pub chunk_compressor: Option<Compressor>,
 }
 
 impl Blob {
     pub fn new(record: BlobRecord, source: SharedSource) -> Result<Arc<Blob>, BlobError> {
         let map = GroupMap::new(&record)?;
         let id = record.id_hex();
-        Ok(Arc::new(Blob { record, id, map, source, stats: BlobStats::default() }))
+        Ok(Arc::new(Blob { record, id, map, source, stats: BlobStats::default(), chunk_compressor: None }))
+    }
+
+    /// A nydus RAFS v6 data blob: `chunks` from its blob meta (see `images::load_rafs_blob`).
+    pub fn new_nydus(rb: &RafsBlob, chunks: Vec<Chunk>, source: SharedSource) -> Result<Arc<Blob>, BlobError> {
+        let mut id = [0u8; 32];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&rb.id[2 * i..2 * i + 2], 16).map_err(|_| BlobError::BadTable("blob id is not hex".into()))?;
+        }
+        let record = BlobRecord {
+            id,
+            stored_size: rb.compressed_size,
+            uncompressed_size: rb.uncompressed_size,
+            compression: erofs::blob::Compression::None,
+            group_size_log2: 12,
+            groups: Vec::new(),
+        };
+        let map = GroupMap::chunked(rb.uncompressed_size, chunks)?;
+        Ok(Arc::new(Blob {
+            record,
+            id: rb.id.clone(),
+            map,
+            source,
+            stats: BlobStats::default(),
+            chunk_compressor: Some(rb.compressor),
+        }))
     }
 
     pub fn size(&self) -> u64 {
@@ -75,6 +104,13 @@ impl Blob {
         wanted: Arc<dyn Fn(u32) -> bool + Send + Sync>,
     ) -> Result<Vec<(u32, AlignedBuf)>, FetchError> {
         let stored_range = self.map.stored_range(first).start..self.map.stored_range(last).end;
+        if stored_range.is_empty() {
+            // Only holes of a nydus blob: nothing stored to fetch.
+            let this = self.clone();
+            return tokio::task::spawn_blocking(move || this.decode_run(first, last, &*wanted, stored_range.start, &[]))
+                .await
+                .map_err(|e| FetchError::Other(format!("decode task failed: {e}")))?;
+        }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let stored = self
             .source
@@ -100,6 +136,9 @@ impl Blob {
         base: u64,
         stored: &[u8],
     ) -> Result<Vec<(u32, AlignedBuf)>, FetchError> {
+        if let Some(compressor) = self.chunk_compressor {
+            return self.decode_chunks(compressor, first, last, wanted, base, stored);
+        }
         thread_local! {
             static DECODER: std::cell::RefCell<Option<GroupDecoder>> = const { std::cell::RefCell::new(None) };
         }
@@ -124,5 +163,52 @@ impl Blob {
             }
             Ok(out)
         })
+    }
+
+    /// nydus blobs: the wanted pages of `first..=last`, each chunk decoded (and checked) once;
+    /// holes between chunks are zeros.
+    fn decode_chunks(
+        &self,
+        compressor: Compressor,
+        first: u32,
+        last: u32,
+        wanted: &dyn Fn(u32) -> bool,
+        base: u64,
+        stored: &[u8],
+    ) -> Result<Vec<(u32, AlignedBuf)>, FetchError> {
+        let mut out = Vec::new();
+        let mut current: Option<(u64, Vec<u8>)> = None; // (chunk start, decoded bytes)
+        for g in (first..=last).filter(|&g| wanted(g)) {
+            let ur = self.map.group_range(g);
+            let mut buf = AlignedBuf::zeroed((ur.end - ur.start) as usize);
+            if let Some(c) = self.map.chunk_of(g) {
+                if current.as_ref().map(|(s, _)| *s) != Some(c.uncompressed.start) {
+                    let fail = |msg: String| {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        FetchError::Verify {
+                            blob: self.id.clone(),
+                            source: BlobError::Decompress { group: g, msg: format!("chunk at {}: {msg}", c.uncompressed.start) },
+                        }
+                    };
+                    let piece = c
+                        .stored
+                        .start
+                        .checked_sub(base)
+                        .map(|s| s as usize..(c.stored.end - base) as usize)
+                        .filter(|r| r.end <= stored.len())
+                        .ok_or_else(|| fail("stored bytes outside the fetched span".into()))?;
+                    let mut plain = vec![0u8; (c.uncompressed.end - c.uncompressed.start) as usize];
+                    decode_chunk(compressor, c, &stored[piece], &mut plain).map_err(fail)?;
+                    self.stats.groups.fetch_add(1, Ordering::Relaxed);
+                    current = Some((c.uncompressed.start, plain));
+                }
+                let (start, plain) = current.as_ref().expect("decoded chunk");
+                let from = (ur.start - start) as usize;
+                let to = ((ur.end - start) as usize).min(plain.len());
+                buf[..to - from].copy_from_slice(&plain[from..to]);
+            }
+            out.push((g, buf));
+        }
+        Ok(out)
     }
 }

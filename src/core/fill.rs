@@ -321,7 +321,8 @@ pub fn plan_requests(wanted: &[u32], map: &GroupMap, overhead: u64) -> Vec<Span>
                 *wbytes += size;
                 continue;
             }
-            let gap = map.stored_range(g).start - map.stored_range(*last).end;
+            // saturating: nydus pages of one chunk share a stored range.
+            let gap = map.stored_range(g).start.saturating_sub(map.stored_range(*last).end);
             let total = stored(w[0], g);
             let within = (total as f64) <= (*wbytes + size) as f64 * MAX_AMPLIFICATION;
             if gap <= overhead && within && total <= MAX_RANGE {

@@ -111,6 +111,10 @@ impl ImageStore {
     pub fn from_bytes(&self, boot: &Path, bytes: Vec<u8>, source: SharedSource) -> Result<Arc<Image>> {
         let id = hex::encode(Sha256::digest(&bytes));
         let reader = erofs::reader::Image::open(&bytes[..]).with_context(|| format!("bootstrap {}", boot.display()))?;
+        if reader.blobs().is_none() && erofs::rafs::is_rafs_v6(&bytes) {
+            let blobs = self.load_rafs_blobs(&bytes, reader.devices(), &source).with_context(|| format!("nydus bootstrap {}", boot.display()))?;
+            return Ok(Arc::new(Image { id, bootstrap_path: boot.into(), bootstrap: Arc::new(bytes), blobs }));
+        }
         let Some(records) = reader.blobs() else {
             if reader.devices().is_empty() {
                 return Ok(Arc::new(Image { id, bootstrap_path: boot.into(), bootstrap: Arc::new(bytes), blobs: Vec::new() }));
@@ -140,4 +144,55 @@ impl ImageStore {
         drop(shared);
         Ok(Arc::new(Image { id, bootstrap_path: boot.into(), bootstrap: Arc::new(bytes), blobs }))
     }
+
+    /// Resolves the device slots of a nydus RAFS v6 bootstrap to blobs: parses its blob table,
+    /// reads each blob's meta (CI table + header, at `ci_offset` inside the blob) through
+    /// `source` and checks it, so every chunk offset the fill engine later uses is trusted.
+    fn load_rafs_blobs(&self, boot: &[u8], devices: &[erofs::ondisk::DeviceSlot], source: &SharedSource) -> Result<Vec<Arc<Blob>>> {
+        let table = erofs::rafs::parse_blob_table(boot, devices.len())?;
+        let mut blobs = Vec::with_capacity(table.len());
+        for (k, (rb, slot)) in table.iter().zip(devices).enumerate() {
+            if slot.tag[..] != *rb.id.as_bytes() {
+                bail!("device slot {k} names {:?}, the blob table {}", String::from_utf8_lossy(&slot.tag), rb.id);
+            }
+            if slot.blocks as u64 * 4096 != rb.uncompressed_size {
+                bail!("device slot {k}: {} blocks for a {}-byte blob", slot.blocks, rb.uncompressed_size);
+            }
+            if let Some(b) = self.blobs.lock().expect("blob map lock").get(&rb.id).and_then(Weak::upgrade) {
+                if b.chunk_compressor != Some(rb.compressor) || b.size() != rb.uncompressed_size {
+                    bail!("blob {} is described differently by two loaded bootstraps", rb.id);
+                }
+                blobs.push(b);
+                continue;
+            }
+            let meta = read_blocking(source, &rb.id, rb.meta_range())
+                .with_context(|| format!("reading the blob meta of {}", rb.id))?;
+            let (ci, header) = meta.split_at(rb.ci_compressed_size as usize);
+            erofs::rafs::check_meta_header(rb, header)?;
+            let table = erofs::rafs::decode_ci_table(rb, ci)?;
+            let chunks = erofs::rafs::parse_chunk_infos(rb, &table)?;
+            let b = Blob::new_nydus(rb, chunks, source.clone()).with_context(|| format!("blob {}", rb.id))?;
+            self.blobs.lock().expect("blob map lock").insert(rb.id.clone(), Arc::downgrade(&b));
+            blobs.push(b);
+        }
+        Ok(blobs)
+    }
+}
+
+/// Reads `range` of blob `id` from `source` from synchronous code that may itself run on a
+/// runtime worker: the read runs on a helper thread with its own small runtime.
+fn read_blocking(source: &SharedSource, id: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+    let (source, id) = (source.clone(), id.to_string());
+    let got = std::thread::scope(|s| {
+        s.spawn(move || -> Result<Vec<u8>> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            Ok(rt.block_on(source.read_range(&id, range.start, range.end - range.start))?)
+        })
+        .join()
+    });
+    let bytes = got.map_err(|_| anyhow::anyhow!("blob meta reader thread panicked"))??;
+    if bytes.len() as u64 != range.end - range.start {
+        bail!("short read: {} of {} bytes", bytes.len(), range.end - range.start);
+    }
+    Ok(bytes)
 }
