@@ -47,7 +47,10 @@ pub async fn serve(listener: UnixListener, daemon: Arc<NydusDaemon>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(daemon.clone(), req));
             // No header-read timeout: an idle connection is the snapshotter's liveness probe.
-            let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .header_read_timeout(None)
+                .serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
                 warn!("api connection: {e}");
             }
