@@ -72,7 +72,7 @@ echo "== building guest binaries (static, $RUST_TARGET)"
   CARGO_TARGET_DIR="$GUEST_TARGET" RUSTFLAGS='-C target-feature=+crt-static' \
   cargo build --release --quiet --target "$RUST_TARGET" ) || die "guest-bin build failed"
 GUEST_BIN_DIR="$GUEST_TARGET/$RUST_TARGET/release"
-GUEST_BINS=(ktest-cachefiles)
+GUEST_BINS=(ktest-cachefiles ktest-nydus)
 for b in "${GUEST_BINS[@]}"; do
     file "$GUEST_BIN_DIR/$b" | grep -q 'static' || die "$b is not statically linked"
 done

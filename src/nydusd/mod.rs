@@ -381,7 +381,9 @@ fn run(opts: Singleton) -> Result<()> {
     config.frontend = crate::frontend::FrontendKind::Cachefiles;
     config.cache_dir = opts.fscache.clone();
     config.api_socket = opts.apisock.clone();
-    let _cache_lock = if api_only { None } else { Some(crate::cache::open_for_daemon(&config.cache_dir)?) };
+    // The cache-directory lock; a hot-upgrade successor runs beside its predecessor (which
+    // holds the lock until `exit`), so it goes without.
+    let _cache_lock = if api_only || opts.upgrade { None } else { Some(crate::cache::open_for_daemon(&config.cache_dir)?) };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("nydusd").build()?;
     rt.block_on(async move {
         let filler = crate::daemon::make_filler(&config);

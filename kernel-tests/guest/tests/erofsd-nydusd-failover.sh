@@ -1,0 +1,55 @@
+# nydusd failover as nydus-snapshotter runs it (recover_policy = failover): the snapshotter
+# serves --supervisor SOCK (ktest-nydus holder here); after binds it calls sendfd (we send state +
+# the /dev/cachefiles fd); the daemon is SIGKILLed during a cold read storm; the same argv is
+# started again (it finds the device busy and waits in INIT), then takeover (fd back, `restore`
+# written, binds reloaded) → READY, start → RUNNING. Readers must see no error, every byte right.
+# Needs the cachefiles failover support of Linux 6.8+ (or the 6.1.y/6.6.y backports).
+. /ktest/lib.sh
+. /ktest/erofsd-lib.sh
+ROOT=/data/nydus-root-$KTEST_NAME
+rm -rf "$ROOT"; mkdir -p "$ROOT/socket/d1" "$ROOT/supervisor" /run
+ln -sf /ktest/bin/erofsd /run/nydusd
+API=$ROOT/socket/d1/api.sock
+SUP=$ROOT/supervisor/d1.sock
+req() { ktest-nydus req "$API" "$@"; }
+img=$(cat "$ERO_IN/bench-image")
+F=$(printf 'nydus-snapshot-%s' 5 | sha256sum | cut -d' ' -f1)
+
+ktest-nydus holder "$SUP" >>"$KTEST_OUT/holder.log" 2>&1 &
+holder=$!
+trap 'kill $holder 2>/dev/null; cleanup_daemon' EXIT
+start_nydusd() {
+    /run/nydusd singleton --fscache "$ROOT/cache" --id d1 --apisock "$API" --log-level info \
+        --supervisor "$SUP" >>"$ERO_LOG" 2>&1 &
+    DAEMON_PID=$!
+}
+start_nydusd
+ktest-nydus wait-state "$API" RUNNING 5 || { tail -n 20 "$ERO_LOG"; fail "not RUNNING"; }
+req PUT /api/v2/blobs "{\"type\":\"bootstrap\",\"id\":\"$F\",\"domain_id\":\"$F\",\"config\":{\"id\":\"$F\",\"backend_type\":\"registry\",\"cache_type\":\"fscache\",\"metadata_path\":\"$ERO_IN/$img/image.boot\"}}" \
+    || fail "bind failed"
+mkdir -p /mnt/nyfo
+mount -t erofs -o "domain_id=$F,fsid=$F" none /mnt/nyfo || fail "mount failed"
+req PUT /api/v1/daemon/fuse/sendfd || fail "sendfd failed"
+sleep 1
+grep -q "sendfd:.*fd kept" "$KTEST_OUT/holder.log" || { cat "$KTEST_OUT/holder.log"; fail "the holder got no fd"; }
+drop_caches
+ktest-tree readers /mnt/nyfo "$ERO_IN/$img.manifest" --threads 8 >"$KTEST_OUT/readers.txt" 2>&1 &
+rd=$!
+sleep 2
+kill -KILL "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true
+echo "killed nydusd $DAEMON_PID"
+start_nydusd
+ktest-nydus wait-state "$API" INIT 10 || { tail -n 20 "$ERO_LOG"; fail "successor not INIT (did it open the device?)"; }
+req PUT /api/v1/daemon/fuse/takeover || { tail -n 20 "$ERO_LOG"; fail "takeover failed"; }
+ktest-nydus wait-state "$API" READY 5 || fail "not READY after takeover"
+req PUT /api/v1/daemon/start || fail "start failed"
+ktest-nydus wait-state "$API" RUNNING 5 || fail "not RUNNING after start"
+rc=0; wait $rd || rc=$?
+cat "$KTEST_OUT/readers.txt"
+grep "restore\|recovered" "$ERO_LOG" | tail -n 5
+[ $rc = 0 ] || fail "readers saw errors across the failover"
+ktest-tree verify /mnt/nyfo "$ERO_IN/$img.manifest" --xattrs || fail "tree differs after failover"
+req DELETE "/api/v2/blobs?domain_id=$F" || fail "unbind of the recovered bind failed"
+umount /mnt/nyfo || fail "umount failed"
+kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID" || fail "nydusd exited non-zero"
+kill "$holder" 2>/dev/null || true
