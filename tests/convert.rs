@@ -290,8 +290,11 @@ async fn rootfs_layout_to_registry_and_layout_mounts_as_umoci_unpack() {
     let killed_src = registry_source(&reg, "erofsd/killed", Credentials::Anonymous);
     let smallest = layers.iter().min_by_key(|l| l["size"].as_u64().unwrap()).unwrap()["digest"].as_str().unwrap()[7..].to_string();
     let uploads = reg.log.parent().unwrap().join("storage/docker/registry/v2/repositories/erofsd/killed/_uploads");
+    // A killed run cannot remove its work directory: keep it in the scratch directory.
+    let work = s.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
     let mut child = std::process::Command::new(cli::erofsd_bin())
-        .args(["convert", &source, &killed, "-q"])
+        .args(["convert", &source, &killed, "-q", "--work-dir", work.to_str().unwrap()])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -310,6 +313,7 @@ async fn rootfs_layout_to_registry_and_layout_mounts_as_umoci_unpack() {
     child.kill().unwrap();
     assert!(!child.wait().unwrap().success());
     assert!(killed_src.fetch_manifest("conv").await.is_err(), "no manifest after the kill");
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 1, "the killed run's work directory is left");
     let out3 = convert_ok(&[&source, &killed]);
     assert_eq!(manifest_digest(&out3), digest);
     let (written, present) = written_present(&out3);
