@@ -128,11 +128,11 @@ async fn pull_back(src: &RegistrySource, manifest: &[u8], dir: &Path) -> Pulled 
     std::fs::create_dir_all(&blobs).unwrap();
     for d in &layers.blobs {
         let id = &d.digest[7..];
-        let n = src.download_blob(id, &blobs.join(id)).await.unwrap();
+        let n = src.download_blob(id, None, &blobs.join(id)).await.unwrap();
         assert_eq!(n, d.size);
     }
     let tgz = dir.join("boot.tar.gz");
-    let n = src.download_blob(&layers.bootstrap.digest[7..], &tgz).await.unwrap();
+    let n = src.download_blob(&layers.bootstrap.digest[7..], Some(layers.bootstrap.size), &tgz).await.unwrap();
     assert_eq!(n, layers.bootstrap.size);
     let boot = dir.join("image.boot");
     extract_bootstrap_file(&tgz, &boot).unwrap();
@@ -141,7 +141,7 @@ async fn pull_back(src: &RegistrySource, manifest: &[u8], dir: &Path) -> Pulled 
     assert_eq!(tags, layers.blob_ids(), "device table vs blob layers");
     // Config: the source's, with diff_ids = blob digests + sha256 of the uncompressed tar.
     let cfg = dir.join("config.json");
-    src.download_blob(&v["config"]["digest"].as_str().unwrap()[7..], &cfg).await.unwrap();
+    src.download_blob(&v["config"]["digest"].as_str().unwrap()[7..], None, &cfg).await.unwrap();
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
     let mut plain = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(std::fs::File::open(&tgz).unwrap()), &mut plain).unwrap();

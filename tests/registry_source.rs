@@ -87,8 +87,12 @@ async fn plain_http_ranges_manifest_and_whole_blob() {
 
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("blob");
-    assert_eq!(src.download_blob(&id, &dest).await.unwrap(), data.len() as u64);
+    assert_eq!(src.download_blob(&id, Some(data.len() as u64), &dest).await.unwrap(), data.len() as u64);
     assert!(std::fs::read(&dest).unwrap() == data);
+    // A descriptor size smaller than the body: refused as soon as the body passes it, no file.
+    let e = src.download_blob(&id, Some(data.len() as u64 - 1), &dest).await.unwrap_err();
+    assert!(e.to_string().contains("longer than"), "{e}");
+    assert!(!dest.exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,13 +431,13 @@ async fn manifests_pushed_by_skopeo_oci_and_docker_v2s2() {
         let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
         let config = v["config"]["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap().to_string();
         let dest = dir.path().join(format!("config-{tag}"));
-        let n = src.download_blob(&config, &dest).await.unwrap();
+        let n = src.download_blob(&config, None, &dest).await.unwrap();
         assert_eq!(n, v["config"]["size"].as_u64().unwrap());
         assert_eq!(hex::encode(Sha256::digest(std::fs::read(&dest).unwrap())), config);
         assert_eq!(src.fetch_manifest(&m.digest).await.unwrap().bytes, m.bytes);
     }
     // A digest that does not exist: a final NotFound, and no file is left behind.
     let dest = dir.path().join("missing");
-    assert_eq!(src.download_blob(&"1".repeat(64), &dest).await.unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert_eq!(src.download_blob(&"1".repeat(64), None, &dest).await.unwrap_err().kind(), io::ErrorKind::NotFound);
     assert!(!dest.exists());
 }

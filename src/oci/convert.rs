@@ -238,7 +238,7 @@ async fn fetch_source(opts: &ConvertOptions, work: &Path, bars: &Bars) -> Result
                 bail!("source {r}: config is {} bytes, over the {} limit", manifest.config.size, manifest::MAX_CONFIG);
             }
             let cfg_path = work.join("source-config.json");
-            let n = src.download_blob(manifest.config.hex()?, &cfg_path).await.with_context(|| format!("source {r}: config {}", manifest.config.digest))?;
+            let n = src.download_blob(manifest.config.hex()?, Some(manifest.config.size), &cfg_path).await.with_context(|| format!("source {r}: config {}", manifest.config.digest))?;
             check_size(n, &manifest.config, "config")?;
             let config = parse_config(&std::fs::read(&cfg_path)?)?;
             let total: u64 = manifest.layers.iter().map(|l| l.size).sum();
@@ -251,7 +251,7 @@ async fn fetch_source(opts: &ConvertOptions, work: &Path, bars: &Bars) -> Result
             let jobs = manifest.layers.iter().enumerate().map(|(i, l)| async move {
                 let hex = l.hex()?;
                 let dest = dir.join(format!("{}-{hex}", i + 1));
-                let n = src.download_blob(hex, &dest).await.with_context(|| format!("source {r}: layer {} ({})", i + 1, l.digest))?;
+                let n = src.download_blob(hex, Some(l.size), &dest).await.with_context(|| format!("source {r}: layer {} ({})", i + 1, l.digest))?;
                 check_size(n, l, &format!("layer {}", i + 1))?;
                 pb.inc(n);
                 Ok::<PathBuf, anyhow::Error>(dest)

@@ -85,7 +85,7 @@ async fn pull_registry(r: &RegistryRef, settings: &RegistrySettings, images: &Pa
     }
     let tmp = tempfile::Builder::new().prefix(".pull-").tempdir_in(images)?;
     let layer_file = tmp.path().join("bootstrap.layer");
-    src.download_blob(layers.bootstrap.hex()?, &layer_file).await.context("downloading the bootstrap layer")?;
+    src.download_blob(layers.bootstrap.hex()?, Some(layers.bootstrap.size), &layer_file).await.context("downloading the bootstrap layer")?;
     finish(tmp, &layer_file, &layers, &source, &dest)
 }
 

@@ -260,9 +260,10 @@ impl RegistrySource {
     }
 
     /// Streams blob `sha256:<id>` into `dest` (created or truncated), verifying its sha256;
-    /// returns its size. A wrong digest or a cut body is retried from the start; on final
-    /// failure `dest` is removed.
-    pub async fn download_blob(&self, id: &str, dest: &Path) -> io::Result<u64> {
+    /// returns its size. With `size` (a descriptor's), a body longer than that is cut off and
+    /// refused as soon as it passes it, so a hostile registry cannot fill the disk. A wrong
+    /// digest or a cut body is retried from the start; on final failure `dest` is removed.
+    pub async fn download_blob(&self, id: &str, size: Option<u64>, dest: &Path) -> io::Result<u64> {
         if !valid_hex_id(id) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid blob id {id:?}")));
         }
@@ -274,7 +275,7 @@ impl RegistrySource {
             if resp.status() != StatusCode::OK {
                 return Err(status_failure(&what, resp).await);
             }
-            stream_verified(resp, id, &dest, &what).await
+            stream_verified(resp, id, size, &dest, &what).await
         })
         .await;
         if r.is_err() {
@@ -284,7 +285,7 @@ impl RegistrySource {
     }
 }
 
-async fn stream_verified(mut resp: Response, id: &str, dest: &Path, what: &str) -> Result<u64, Failure> {
+async fn stream_verified(mut resp: Response, id: &str, size: Option<u64>, dest: &Path, what: &str) -> Result<u64, Failure> {
     let io_fail = |e: io::Error| Failure::Final(io::Error::new(e.kind(), format!("writing {}: {e}", dest.display())));
     let announced = resp.content_length();
     let mut f = tokio::fs::File::create(dest).await.map_err(io_fail)?;
@@ -293,6 +294,9 @@ async fn stream_verified(mut resp: Response, id: &str, dest: &Path, what: &str) 
     while let Some(c) = resp.chunk().await.map_err(|e| transport_failure(what, e))? {
         hasher.update(&c);
         n += c.len() as u64;
+        if let Some(limit) = size.filter(|&l| n > l) {
+            return Err(Failure::Final(io::Error::new(io::ErrorKind::InvalidData, format!("{what}: body is longer than the {limit} bytes the descriptor names"))));
+        }
         f.write_all(&c).await.map_err(io_fail)?;
     }
     if let Some(cl) = announced {
