@@ -36,6 +36,7 @@ drop_caches
 ktest-tree readers /mnt/nyfo "$ERO_IN/$img.manifest" --threads 8 >"$KTEST_OUT/readers.txt" 2>&1 &
 rd=$!
 sleep 2
+kill -0 $rd 2>/dev/null || fail "the readers finished before the kill: nothing was in flight"
 kill -KILL "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true
 echo "killed nydusd $DAEMON_PID"
 start_nydusd
@@ -48,6 +49,10 @@ rc=0; wait $rd || rc=$?
 cat "$KTEST_OUT/readers.txt"
 grep "restore\|recovered" "$ERO_LOG" | tail -n 5
 [ $rc = 0 ] || fail "readers saw errors across the failover"
+fm() { req GET /api/v1/metrics | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
+echo "successor: READs $(fm reads), OPENs $(fm opens), failed $(fm reads_failed)"
+[ "$(fm reads)" -gt 0 ] || fail "the successor served no READ: the kill came too late to test anything"
+[ "$(fm reads_failed)" = 0 ] || fail "READs failed in the successor"
 ktest-tree verify /mnt/nyfo "$ERO_IN/$img.manifest" --xattrs || fail "tree differs after failover"
 req DELETE "/api/v2/blobs?domain_id=$F" || fail "unbind of the recovered bind failed"
 umount /mnt/nyfo || fail "umount failed"
