@@ -82,3 +82,43 @@ fn nydus_dir_lz4_block_byte_exact() {
 fn nydus_targz_rafs_byte_exact() {
     serve_fixture("nydus_targz_rafs_byte_exact", "targz-rafs");
 }
+
+/// A 100-byte read in the middle of a 2.5 MB incompressible file (three 1 MiB chunks) fetches
+/// and decodes only the chunk it touches, and returns the right bytes.
+#[test]
+fn nydus_partial_read_fetches_only_the_touched_chunk() {
+    let test = "nydus_partial_read_fetches_only_the_touched_chunk";
+    let s = common::fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let tree = unpack_tree(s.path());
+    let img = copy_image("dir-zstd", s.path());
+    let d = Daemon::start(s.path(), false);
+    let mnt = MountDir::new(s.path(), "mnt");
+    d.mount(&img, &mnt.0);
+    let want = std::fs::read(tree.join("data/random_2_5m")).unwrap();
+    let f = std::fs::File::open(mnt.0.join("data/random_2_5m")).unwrap();
+    // No readahead: the page read is the only backing read.
+    // SAFETY: fadvise on an open fd.
+    unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_RANDOM) };
+    let off = (1 << 20) + 300_000;
+    let mut buf = vec![0u8; 100];
+    f.read_exact_at(&mut buf, off as u64).unwrap();
+    assert!(buf == want[off..off + 100], "partial read returned wrong bytes");
+    let chunks = d.blob_sum("groups_fetched");
+    let stored = d.blob_sum("stored_bytes");
+    eprintln!("partial read: {chunks} chunk(s), {stored} stored bytes; metrics {}", d.metrics());
+    assert_eq!(chunks, 1, "a 100-byte read inside one chunk decoded {chunks} chunks");
+    assert!(stored <= (1 << 20) + 4096, "fetched {stored} stored bytes for one 1 MiB chunk");
+    // The whole file still reads right, each remaining chunk fetched once.
+    assert!(std::fs::read(mnt.0.join("data/random_2_5m")).unwrap() == want);
+    eprintln!("after the whole file: {}", d.metrics());
+    // The file's three chunks at least; a sequential read also starts read-ahead of the chunks
+    // after it (src/core/readahead.rs), so the upper bound is the read-ahead policy's, not ours.
+    let n = d.blob_sum("groups_fetched");
+    assert!(n >= 3, "{n} chunks decoded for a three-chunk file");
+    assert_eq!(d.metrics()["blobs"].as_object().unwrap().values().map(|b| b["errors"].as_u64().unwrap()).sum::<u64>(), 0);
+    drop(f);
+    d.umount(&mnt.0);
+}

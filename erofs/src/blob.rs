@@ -314,7 +314,7 @@ impl GroupMap {
     /// fill engine's readiness, single flight and read-ahead work unchanged; [`GroupMap::map`]
     /// widens every range to whole chunks, so a chunk is fetched and decoded once.
     pub fn chunked(uncompressed_size: u64, chunks: Vec<crate::rafs::Chunk>) -> Result<GroupMap, BlobError> {
-        if uncompressed_size % 4096 != 0 || uncompressed_size >> 12 > u32::MAX as u64 {
+        if !uncompressed_size.is_multiple_of(4096) || uncompressed_size >> 12 > u32::MAX as u64 {
             return Err(BlobError::BadTable(format!("uncompressed size {uncompressed_size} not 4 KiB aligned or too large")));
         }
         let mut prev_end = 0u64;

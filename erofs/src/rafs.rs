@@ -140,7 +140,7 @@ impl RafsBlob {
         if !self.chunk_size.is_power_of_two() || (self.chunk_size as u64) < 4096 || self.chunk_size as u64 > MAX_CHUNK_SIZE {
             return Err(bad!("{ctx}: chunk size {} is not a power of two in 4 KiB..16 MiB", self.chunk_size));
         }
-        if self.uncompressed_size % 4096 != 0 {
+        if !self.uncompressed_size.is_multiple_of(4096) {
             return Err(bad!("{ctx}: uncompressed size {} is not 4 KiB aligned", self.uncompressed_size));
         }
         let unsupported = [
@@ -217,7 +217,7 @@ pub fn parse_blob_table(boot: &[u8], device_count: usize) -> Result<Vec<RafsBlob
     }
     let off = u64_at(ext, 8);
     let size = u32_at(ext, 16) as u64;
-    if size % BLOB_ENTRY_SIZE as u64 != 0 {
+    if !size.is_multiple_of(BLOB_ENTRY_SIZE as u64) {
         return Err(bad!("blob table size {size} is not a multiple of {BLOB_ENTRY_SIZE}"));
     }
     let end = off.checked_add(size).filter(|&e| e <= boot.len() as u64).ok_or_else(|| {
@@ -300,7 +300,7 @@ pub fn parse_chunk_infos(blob: &RafsBlob, table: &[u8]) -> Result<Vec<Chunk>, Ra
             (uoff, usz, coff, csz, csz != usz, None)
         };
         let ctx = || format!("chunk {i} (uncompressed {uoff}+{usize_}, stored {coff}+{csize})");
-        if uoff % 4096 != 0 {
+        if !uoff.is_multiple_of(4096) {
             return Err(bad!("{}: offset not 4 KiB aligned", ctx()));
         }
         if usize_ > blob.chunk_size as u64 || csize > MAX_CHUNK_SIZE || csize == 0 {

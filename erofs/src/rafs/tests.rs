@@ -87,7 +87,8 @@ fn ci_v2_with_crc() {
 
 #[test]
 fn hostile_blob_entries_are_refused() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("id not hex", Box::new(|e| e[3] = b'Z')),
         ("index", Box::new(|e| e[64] = 5)),
         ("chunk size not pow2", Box::new(|e| e[68..72].copy_from_slice(&12345u32.to_le_bytes()))),
