@@ -118,6 +118,8 @@ make_inputs() {
     # Images built by erofsd itself, with manifests (see erofsd-inputs.sh).
     "$HERE/erofsd-inputs.sh" "$in/erofsd" "$GUEST_BIN_DIR/erofsd" "$GUEST_BIN_DIR/ktest-tree" "$tree" \
         || die "erofsd test inputs failed"
+    # nydus RAFS v6 fixture images for erofsd-nydus (see nydus-inputs.sh).
+    "$HERE/nydus-inputs.sh" "$in/erofsd" "$GUEST_BIN_DIR/ktest-tree" || die "nydus test inputs failed"
 }
 
 # --- one boot -----------------------------------------------------------------------------
