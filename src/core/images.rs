@@ -180,8 +180,21 @@ impl ImageStore {
 }
 
 /// Reads `range` of blob `id` from `source` from synchronous code that may itself run on a
-/// runtime worker: the read runs on a helper thread with its own small runtime.
+/// runtime worker. On a multi-thread runtime the read runs on that runtime (a registry
+/// source's connection pool belongs to it); otherwise on a helper thread with its own small
+/// runtime.
 fn read_blocking(source: &SharedSource, id: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let len = range.end - range.start;
+    if let Ok(h) = Handle::try_current() {
+        if h.runtime_flavor() == RuntimeFlavor::MultiThread {
+            let bytes = tokio::task::block_in_place(|| h.block_on(source.read_range(id, range.start, len)))?;
+            if bytes.len() as u64 != len {
+                bail!("short read: {} of {len} bytes", bytes.len());
+            }
+            return Ok(bytes);
+        }
+    }
     let (source, id) = (source.clone(), id.to_string());
     let got = std::thread::scope(|s| {
         s.spawn(move || -> Result<Vec<u8>> {
