@@ -224,3 +224,57 @@ fn nydus_zran_image_is_refused_clearly() {
     assert!(msg.contains("not supported yet") && msg.contains("zran"), "{msg}");
     drop(dir);
 }
+
+/// The layout nydusify pushes puts a 512-byte tar header after each section (HAS_TAR_HEADER):
+/// the same chunks, with the blob meta 512 bytes later. Served from that layout, the address
+/// space is byte-identical to the plain layout's; a chunk reaching into the tar header is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nydus_tar_header_layout_serves_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, boot, id, blob) = copy("dir-zstd", dir.path());
+    let fill_all = |img: PathBuf, sub: &'static str| {
+        let dir = dir.path().join(sub);
+        async move {
+            std::fs::create_dir_all(&dir).unwrap();
+            let image = ImageStore::new().load_dir(&img).unwrap();
+            let (target, f) = target_for(&dir, &image.blobs[0]);
+            Filler::new(Writer::start(), 4).fill(&target, 0, image.blobs[0].size()).await.unwrap();
+            let mut out = vec![0u8; image.blobs[0].size() as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut out, 0).unwrap();
+            out
+        }
+    };
+    let plain = fill_all(img.clone(), "plain").await;
+
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let ci_off = u64_at(&boot, ENTRY + 112) as usize;
+    let mut tar_hdr = [0u8; 512];
+    tar_hdr[..10].copy_from_slice(b"image.blob");
+    let mut nb = blob[..ci_off].to_vec();
+    nb.extend_from_slice(&tar_hdr);
+    nb.extend_from_slice(&blob[ci_off..]);
+    let mut b = boot.clone();
+    let features = u32::from_le_bytes(b[ENTRY + 84..ENTRY + 88].try_into().unwrap()) | 0x1000_0000;
+    b[ENTRY + 84..ENTRY + 88].copy_from_slice(&features.to_le_bytes());
+    b[ENTRY + 88..ENTRY + 96].copy_from_slice(&(nb.len() as u64).to_le_bytes());
+    b[ENTRY + 112..ENTRY + 120].copy_from_slice(&(ci_off as u64 + 512).to_le_bytes());
+    let h = nb.len() - 4096;
+    nb[h + 4..h + 8].copy_from_slice(&features.to_le_bytes());
+    nb[h + 16..h + 24].copy_from_slice(&(ci_off as u64 + 512).to_le_bytes());
+    std::fs::write(img.join("image.boot"), &b).unwrap();
+    std::fs::write(img.join("blobs").join(&id), &nb).unwrap();
+    let tarred = fill_all(img.clone(), "tar").await;
+    assert!(tarred == plain, "tar-header layout serves different bytes");
+
+    // The feature bit on the plain layout: the last chunk now reaches into where the tar
+    // header must be, and the image is refused at load.
+    let mut b2 = boot.clone();
+    b2[ENTRY + 84..ENTRY + 88].copy_from_slice(&features.to_le_bytes());
+    let mut d2 = blob.clone();
+    let h2 = d2.len() - 4096;
+    d2[h2 + 4..h2 + 8].copy_from_slice(&features.to_le_bytes());
+    std::fs::write(img.join("image.boot"), &b2).unwrap();
+    std::fs::write(img.join("blobs").join(&id), &d2).unwrap();
+    let err = format!("{:#}", ImageStore::new().load_dir(&img).err().expect("refused"));
+    assert!(err.contains("past the data area"), "{err}");
+}
