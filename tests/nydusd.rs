@@ -404,3 +404,28 @@ fn command_line_errors_are_clear() {
         assert!(!sock.exists());
     }
 }
+
+/// The snapshotter's layout: the bootstrap alone in `<root>/snapshots/<id>/fs/image/`, blobs
+/// behind the entry's registry backend (not contacted at bind: ranges are fetched on READ).
+#[test]
+fn bootstrap_without_local_blobs_binds_through_its_backend() {
+    let t = tempfile::tempdir().unwrap();
+    let nydusd = nydusd_link(t.path());
+    let (image, blobs) = build_image(t.path());
+    let fs = t.path().join("snapshots/9/fs/image");
+    std::fs::create_dir_all(&fs).unwrap();
+    std::fs::copy(image.join("image.boot"), fs.join("image.boot")).unwrap();
+    let d = start(&nydusd, t.path(), &t.path().join("api.sock"), &[]);
+    let f = fscache_id("9");
+    let (code, body) = call(&d.sock, "PUT", "/api/v2/blobs", Some(&bind_body(&f, &f, &fs, &fs.join("image.boot"))));
+    assert_eq!(code, 204, "{body}");
+    let (_, body) = call(&d.sock, "GET", &format!("/api/v1/metrics/blobcache?id=%2F{f}"), None);
+    for b in &blobs {
+        assert!(body.contains(b.as_str()), "{b} not in {body}");
+    }
+    let mut no_host: serde_json::Value = json(&bind_body("other", "other", &fs, &fs.join("image.boot")));
+    no_host["config"]["backend_config"].as_object_mut().unwrap().remove("host");
+    let (code, body) = call(&d.sock, "PUT", "/api/v2/blobs", Some(&no_host.to_string()));
+    assert_eq!(code, 500, "{body}");
+    assert!(json(&body)["message"].as_str().unwrap().contains("backend_config.host"), "{body}");
+}

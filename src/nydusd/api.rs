@@ -102,15 +102,9 @@ struct BlobCacheEntry {
     #[serde(default)]
     domain_id: Option<String>,
     #[serde(default)]
-    config: Option<EntryConfig>,
+    config: Option<serde_json::Value>,
     #[serde(default)]
-    config_v2: Option<EntryConfig>,
-}
-
-#[derive(Deserialize)]
-struct EntryConfig {
-    #[serde(default)]
-    metadata_path: Option<std::path::PathBuf>,
+    config_v2: Option<serde_json::Value>,
 }
 
 async fn handle(daemon: Arc<NydusDaemon>, req: Request<Incoming>) -> Result<Resp, Infallible> {
@@ -189,11 +183,13 @@ async fn put_blobs(daemon: &NydusDaemon, b: &[u8]) -> Resp {
             format!("blob_cache: entry type {:?} is not supported (only \"bootstrap\")", entry.blob_type),
         );
     }
-    let Some(meta) = entry.config.as_ref().or(entry.config_v2.as_ref()).and_then(|c| c.metadata_path.clone()) else {
+    let config = entry.config.or(entry.config_v2).unwrap_or_default();
+    let Some(meta) = config.get("metadata_path").and_then(|m| m.as_str()).filter(|m| !m.is_empty()).map(std::path::PathBuf::from)
+    else {
         return error(StatusCode::BAD_REQUEST, "blob_cache: bootstrap entry without config.metadata_path");
     };
     let domain = entry.domain_id.filter(|d| !d.is_empty()).unwrap_or_else(|| entry.id.clone());
-    match daemon.bind(&entry.id, &domain, &meta).await {
+    match daemon.bind(&entry.id, &domain, &meta, &config).await {
         Ok(()) => no_content(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }

@@ -10,6 +10,7 @@
 //! guide and deviations: docs/nydus.md.
 
 pub mod api;
+pub mod backend;
 pub mod cli;
 pub mod failover;
 pub mod state;
@@ -169,14 +170,16 @@ impl NydusDaemon {
     }
 
     /// `PUT /api/v2/blobs` with a bootstrap entry.
-    pub async fn bind(&self, fsid: &str, domain_id: &str, metadata_path: &Path) -> Result<()> {
+    /// `config` is the entry's `config` (or `config_v2`) object: its backend names the blob source.
+    pub async fn bind(&self, fsid: &str, domain_id: &str, metadata_path: &Path, config: &serde_json::Value) -> Result<()> {
         let _op = self.ops.lock().await;
         cachefiles::registry::check_name("id", fsid)?;
         cachefiles::registry::check_name("domain_id", domain_id)?;
-        let image = self
-            .images
-            .load_dir(metadata_path)
-            .with_context(|| format!("loading bootstrap {}", metadata_path.display()))?;
+        let image = match backend::source_for(metadata_path, config)? {
+            Some(source) => self.images.load(metadata_path, source),
+            None => self.images.load_dir(metadata_path),
+        }
+        .with_context(|| format!("loading bootstrap {}", metadata_path.display()))?;
         let k = (domain_id.to_string(), fsid.to_string());
         if let Some(b) = self.binds.lock().expect("binds").get(&k) {
             // The snapshotter may repeat a bind (retry after a timeout): same image, no-op.
