@@ -37,12 +37,13 @@ pids=()
 cleanup() {
     set +e
     tc qdisc del dev lo root 2>/dev/null
-    [[ -S $work/api.sock ]] && "$bin" umount "$work/mnt" --api-socket "$work/api.sock" >/dev/null 2>&1
+    for sock in "$work"/api-*.sock; do [[ -S $sock ]] && "$bin" umount "$work/mnt" --api-socket "$sock" >/dev/null 2>&1; done
     umount -l "$work/mnt" 2>/dev/null
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
     rm -rf "$work"
 }
 trap cleanup EXIT
+[[ ${KEEP:-} ]] && trap 'echo "bench-registry: kept $work" >&2; tc qdisc del dev lo root 2>/dev/null; for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done' EXIT
 
 cat >"$work/registry.yml" <<EOF
 version: 0.1
@@ -56,7 +57,7 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break;
 
 echo "bench-registry: pushing the source image and the converted one (unshaped)" >&2
 skopeo copy -q --dest-tls-verify=false "oci:$oci/layout:l3" "docker://$reg/bench/src:l3"
-"$bin" convert -q $CONVERT_ARGS "oci:$oci/layout:l3" "http://$reg/bench/erofsd:l3"
+"$bin" convert -q $CONVERT_ARGS "oci:$oci/layout:l3" "http://$reg/bench/erofsd:l3" >&2
 layers_bytes=$(skopeo inspect --raw --tls-verify=false "docker://$reg/bench/src:l3" |
     python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))')
 erofsd_bytes=$(curl -sf -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$reg/v2/bench/erofsd/manifests/l3" |
@@ -90,44 +91,69 @@ t_unpack=$(now)
 chroot "$work/bundle/rootfs" /bin/sh -c "$WORKLOAD" >/dev/null
 t_full=$(now)
 
-echo "bench-registry: erofsd" >&2
-mkdir -p "$work/mnt"
-"$bin" daemon --frontend fanotify --cache-dir "$work/cache" --api-socket "$work/api.sock" >"$work/daemon.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 200); do [[ -S $work/api.sock ]] && break; sleep 0.05; done
-drop
-t0e=$(now)
-"$bin" mount "http://$reg/bench/erofsd:l3" "$work/mnt" --api-socket "$work/api.sock" >/dev/null
-t_mount=$(now)
-chroot "$work/mnt" /bin/sh -c "$WORKLOAD" >/dev/null
-t_lazy=$(now)
-
-metrics=$("$bin" status --metrics --api-socket "$work/api.sock")
-read -r stored filled_groups <<<"$(python3 -c '
+# lazy_run TAG NAME [MOUNT_ARGS...]: a fresh daemon with an empty data cache ($work/cache-NAME;
+# its state/ may be seeded) mounts bench/erofsd:TAG and runs the workload.
+# Prints "seconds-to-mount seconds-total wire-bytes filled-bytes groups resident-bytes".
+lazy_run() {
+    local tag=$1 name=$2 cache=$work/cache-$2 sock=$work/api-$2.sock
+    shift 2
+    mkdir -p "$work/mnt"
+    "$bin" daemon --frontend fanotify --cache-dir "$cache" --api-socket "$sock" >"$work/daemon-$name.log" 2>&1 &
+    local pid=$!
+    pids+=($pid)
+    for _ in $(seq 200); do [[ -S $sock ]] && break; sleep 0.05; done
+    drop
+    local t0 tm tl
+    t0=$(now)
+    "$bin" mount "http://$reg/bench/erofsd:$tag" "$work/mnt" --api-socket "$sock" "$@" >/dev/null
+    tm=$(now)
+    chroot "$work/mnt" /bin/sh -c "$WORKLOAD" >/dev/null
+    tl=$(now)
+    local stored groups prefetched filled resident boot
+    read -r stored groups prefetched <<<"$("$bin" status --metrics --api-socket "$sock" | tee "$work/metrics-$name.json" | python3 -c '
 import json,sys
-m=json.loads(sys.argv[1])
-print(sum(b["stored_bytes"] for b in m["blobs"].values()), sum(b["groups"] for b in m["blobs"].values()))' "$metrics")"
-filled=$(du -B1 -s "$work/cache/blobs" | cut -f1)
-resident=$(find "$work/mnt" -xdev -type f -print0 | xargs -0 fincore -b -n -o RES 2>/dev/null | awk '{s+=$1} END {print s+0}')
-boot_bytes=$(curl -sf -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$reg/v2/bench/erofsd/manifests/l3" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][-1]["size"])')
+m=json.load(sys.stdin)
+b=m["blobs"].values()
+print(sum(x["stored_bytes"] for x in b), sum(x["groups"] for x in b), sum(x.get("prefetch_groups", 0) for x in b))')"
+    filled=$(du -B1 -s "$cache/blobs" | cut -f1)
+    resident=$(find "$work/mnt" -xdev -type f -print0 | xargs -0 fincore -b -n -o RES 2>/dev/null | awk '{s+=$1} END {print s+0}')
+    boot=$(curl -sf -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$reg/v2/bench/erofsd/manifests/$tag" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][-1]["size"])')
+    # Unmount (saves the access trace), stop.
+    "$bin" umount "$work/mnt" --api-socket "$sock" >/dev/null
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    echo "$(python3 -c "print($tm-$t0)") $(python3 -c "print($tl-$t0)") $((stored + boot)) $filled $groups $resident $prefetched"
+}
 
-python3 - "$RATE" "$link" "$t0" "$t_copy" "$t_unpack" "$t_full" "$t0e" "$t_mount" "$t_lazy" \
-    "$layers_bytes" "$erofsd_bytes" "$stored" "$filled" "$resident" "$boot_bytes" "$filled_groups" "$WORKLOAD" <<'EOF'
+echo "bench-registry: erofsd" >&2
+lazy_run l3 plain >"$work/run-plain"
+
+# A node that ran the image before and lost its data cache but kept the daemon's state: the
+# access trace recorded by the first run is prefetched at mount (`--prefetch trace`), behind
+# on-demand reads.
+echo "bench-registry: erofsd, prefetching the recorded trace" >&2
+mkdir -p "$work/cache-trace/state"
+cp -r "$work/cache-plain/state/trace" "$work/cache-trace/state/"
+lazy_run l3 trace --prefetch trace >"$work/run-trace"
+
+python3 - "$RATE" "$link" "$t0" "$t_copy" "$t_unpack" "$t_full" "$layers_bytes" "$erofsd_bytes" "$WORKLOAD" \
+    "$(cat "$work/run-plain")" "$(cat "$work/run-trace")" <<'EOF'
 import sys
 rate, link = sys.argv[1], sys.argv[2]
-t0, tc, tu, tf, e0, em, el = map(float, sys.argv[3:10])
-layers, erofsd, stored, filled, resident, boot, groups = map(int, sys.argv[10:17])
-workload = sys.argv[17]
+t0, tc, tu, tf = map(float, sys.argv[3:7])
+layers, erofsd = int(sys.argv[7]), int(sys.argv[8])
+workload = sys.argv[9]
+runs = [("erofsd", sys.argv[10]), ("erofsd, recorded trace prefetched", sys.argv[11])]
 mb = lambda b: f"{b/1e6:,.1f} MB"
-full, lazy = tf - t0, el - e0
+full = tf - t0
 print(f"\nerofsd registry benchmark: workload `{workload}`, registry on loopback shaped to {rate} (measured {link} Mbit/s)\n")
-print(f"| path | to workload done | steps | bytes over the wire |")
-print(f"|---|---|---|---|")
-print(f"| full pull | {full:.2f} s | copy {tc-t0:.2f} s + unpack {tu-tc:.2f} s + run {tf-tu:.2f} s | {mb(layers)} (all layers) |")
-print(f"| erofsd | {lazy:.2f} s | mount {em-e0:.2f} s + run {el-em:.2f} s | {mb(stored + boot)} ({mb(boot)} bootstrap + {mb(stored)} blob ranges) |")
-print()
-print(f"first read sooner: {full/lazy:.1f}x (target >= 10x)")
-print(f"read amplification: daemon filled {mb(filled)} ({groups} groups) for {mb(resident)} the workload brought into the page cache = {filled/max(resident,1):.2f}x (target <= 1.5x)")
-print(f"image: {mb(layers)} as OCI layers, {mb(erofsd)} as erofsd blobs + bootstrap; fetched {100*(stored+boot)/erofsd:.1f}% of it")
+print("| path | to workload done | steps | over the wire | sooner (target >= 10x) | filled / read (target <= 1.5x) |")
+print("|---|---|---|---|---|---|")
+print(f"| full pull | {full:.2f} s | copy {tc-t0:.2f} s + unpack {tu-tc:.2f} s + run {tf-tu:.2f} s | {mb(layers)} | 1x | |")
+for name, r in runs:
+    tm, tl, wire, filled, groups, resident, prefetched = r.split()
+    tm, tl, wire, filled, groups, resident, prefetched = float(tm), float(tl), int(wire), int(filled), int(groups), int(resident), int(prefetched)
+    print(f"| {name} | {tl:.2f} s | mount {tm:.2f} s + run {tl-tm:.2f} s | {mb(wire)} ({100*wire/erofsd:.1f} %) | {full/tl:.1f}x "
+          f"| {mb(filled)} ({groups} groups{f', {prefetched} prefetched' if prefetched else ''}) / {mb(resident)} = {filled/max(resident,1):.2f}x |")
+print(f"\nimage: {mb(layers)} as OCI layers, {mb(erofsd)} as erofsd blobs + bootstrap; 'read' = pages of the mount's files in the page cache after the run (fincore)")
 EOF

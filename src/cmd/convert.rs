@@ -56,6 +56,10 @@ pub struct Args {
     /// Blobs larger than this are pushed in chunks of this size (PATCH uploads).
     #[arg(long, default_value = "64M")]
     pub push_chunk_size: String,
+    /// Files to place first in their blob, in this order (as for `erofsd build --prefetch-list`:
+    /// one path a line, or a trace from `erofsd trace export`): a startup set fetched together.
+    #[arg(long)]
+    pub prefetch_list: Option<PathBuf>,
     /// No progress bars.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -74,6 +78,10 @@ pub fn run(args: Args) -> Result<()> {
         merge: true,
         max_entries: args.max_entries,
         max_size: build::parse_size(&args.max_size)?,
+        prefetch_list: match &args.prefetch_list {
+            Some(p) => build::prefetchlist::load(p)?,
+            None => Vec::new(),
+        },
         ..BuildOptions::default()
     };
     if !(1..=19).contains(&build.zstd_level) {
