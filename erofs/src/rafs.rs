@@ -21,6 +21,8 @@ pub const META_HEADER_SIZE: u64 = 4096;
 const META_MAGIC: u32 = 0xB10B_B10B;
 /// Largest chunk nydus writes (16 MiB): bounds every per-chunk allocation.
 pub const MAX_CHUNK_SIZE: u64 = 16 << 20;
+/// Largest blob address space we serve (1 TiB): bounds the per-page state a daemon keeps.
+pub const MAX_ADDRESS_SPACE: u64 = 1 << 40;
 /// Largest CI table we accept (16 M entries × 24 B would be 384 MiB; real ones are KBs–MBs).
 pub const MAX_CI_TABLE: u64 = 64 << 20;
 
@@ -139,6 +141,13 @@ impl RafsBlob {
         }
         if !self.chunk_size.is_power_of_two() || (self.chunk_size as u64) < 4096 || self.chunk_size as u64 > MAX_CHUNK_SIZE {
             return Err(bad!("{ctx}: chunk size {} is not a power of two in 4 KiB..16 MiB", self.chunk_size));
+        }
+        if self.uncompressed_size > MAX_ADDRESS_SPACE {
+            // The daemon keeps a few bits per 4 KiB page of every blob it serves.
+            return Err(RafsError::Unsupported(format!(
+                "{ctx}: a {}-byte address space (over {MAX_ADDRESS_SPACE})",
+                self.uncompressed_size
+            )));
         }
         if !self.uncompressed_size.is_multiple_of(4096) {
             return Err(bad!("{ctx}: uncompressed size {} is not 4 KiB aligned", self.uncompressed_size));

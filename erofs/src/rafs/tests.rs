@@ -110,6 +110,9 @@ fn hostile_blob_entries_are_refused() {
         assert!(matches!(r, Err(RafsError::Corrupt(_))), "{what}: {r:?}");
     }
     let mut e = entry();
+    e[96..104].copy_from_slice(&(1u64 << 44).to_le_bytes());
+    assert!(matches!(RafsBlob::parse(&e, 0), Err(RafsError::Unsupported(_))), "16 TiB address space");
+    let mut e = entry();
     e[84..88].copy_from_slice(&(FEATURE_ZRAN | FEATURE_ALIGNED).to_le_bytes());
     let err = RafsBlob::parse(&e, 0).unwrap_err();
     assert!(err.to_string().contains("not supported yet: ") && err.to_string().contains("zran"), "{err}");
