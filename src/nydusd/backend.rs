@@ -67,7 +67,7 @@ mod tests {
         let bad = serde_json::json!({"backend_type": "registry", "backend_config": {"host": "r.example", "repo": "lib/app", "auth": "%%%"}});
         assert!(source_for(&boot, &bad).is_err());
         let nohost = serde_json::json!({"backend_type": "registry", "backend_config": {"repo": "x"}});
-        assert!(format!("{:#}", source_for(&boot, &nohost).unwrap_err()).contains("host"));
+        assert!(format!("{:#}", source_for(&boot, &nohost).err().expect("an error")).contains("host"));
         let local = serde_json::json!({"backend": {"type": "localfs", "localfs": {"dir": "/blobs"}}});
         assert!(source_for(&boot, &local).unwrap().is_some());
         assert!(source_for(&boot, &serde_json::json!({"backend_type": "oss"})).unwrap().is_none());
