@@ -449,14 +449,9 @@ mod read_ahead_tests {
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 200_000, 4096, || {}), 0);
         // Continuing at 4096 after 0..4096 would be sequential, but 200_000 was last: reset first.
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);
-        // Sequential, but the streak is 8 KiB: half of it ahead does not reach the next group
-        // (the window ramps up with the streak: two neighbouring pages get no read-ahead).
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 4096, 4096, || {}), 0);
-        // The streak is 0..64096: 32 KiB ahead reaches group 1.
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 8192, 55904, || {}), 1);
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 60000, 4096, || {}), 0, "already requested");
-        // 0..131072 read: 64 KiB ahead reaches group 2.
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 64096, 66976, || {}), 1);
+        // Sequential: groups 1 and 2 (the 128 KiB after the request) are started, once.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 4096, 4096, || {}), 2);
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 8192, 4096, || {}), 0, "already requested");
         for _ in 0..200 {
             if target.readiness().ready_count() == 2 {
                 break;
@@ -466,6 +461,59 @@ mod read_ahead_tests {
         assert!(target.readiness().is_ready(1) && target.readiness().is_ready(2));
         assert!(!target.readiness().is_ready(0) && !target.readiness().is_ready(3));
         assert_eq!(blob.stats.groups.load(Ordering::Relaxed), 2);
+    }
+}
+
+#[cfg(test)]
+mod read_ahead_ramp_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::core::readahead::ReadAheadPolicy;
+    use crate::core::source::{BlobSource, BoxFuture, LocalDirSource};
+
+    /// Local files that claim requests cost (as a registry does).
+    struct Costly(LocalDirSource);
+    impl BlobSource for Costly {
+        fn read_range(&self, id: &str, offset: u64, len: u64) -> BoxFuture<'_, std::io::Result<Vec<u8>>> {
+            self.0.read_range(id, offset, len)
+        }
+        fn describe(&self) -> String {
+            "costly".into()
+        }
+        fn request_overhead(&self) -> u64 {
+            512 << 10
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn from_a_costly_source_the_window_ramps_up_with_the_streak() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = address_space(64); // 4 groups of 64 KiB
+        let rec = store(dir.path(), &data);
+        let blob = Blob::new(rec, Arc::new(Costly(LocalDirSource::new(dir.path())))).unwrap();
+        let (target, _file) = sparse_target(dir.path(), &blob);
+        let filler = Filler::new(Writer::start(), 8);
+        let policy = ReadAheadPolicy { window: 128 << 10, piece: 64 << 10, slack: 64 << 10, require_filled_behind: false };
+        let rt = tokio::runtime::Handle::current();
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);
+        // Sequential, but the streak is 8 KiB: half of it ahead does not reach the next group
+        // (two neighbouring pages get no read-ahead).
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 4096, 4096, || {}), 0);
+        // The streak is 0..64096: 32 KiB ahead reaches group 1.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 8192, 55904, || {}), 1);
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 60000, 4096, || {}), 0, "already requested");
+        // 0..131072 read: 64 KiB ahead reaches group 2; group 3 is not started.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 64096, 66976, || {}), 1);
+        // A jump starts a new streak: nothing ahead.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 200_000, 4096, || {}), 0);
+        for _ in 0..200 {
+            if target.readiness().ready_count() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(target.readiness().is_ready(1) && target.readiness().is_ready(2));
+        assert!(!target.readiness().is_ready(0) && !target.readiness().is_ready(3));
     }
 }
 

@@ -8,11 +8,14 @@
 //! request that reaches a group still in flight waits for that group only (single flight), and a
 //! failed read-ahead costs nothing but the attempt.
 //!
-//! The window ramps up: a stream gets read-ahead of half what it has already read sequentially
-//! (up to the policy's window), as the kernel's own readahead ramps up. A reader that really streams a large file reaches
-//! the full window after reading that much; a startup that touches many small neighbouring
-//! files, or a few pages of a library, gets little. Against a registry, fixed large windows
-//! tripled the bytes fetched for a `python3 -c 'import json'` startup (scripts/bench-registry.sh).
+//! From a source where bytes cost (a registry: `BlobSource::request_overhead() > 0`) the window
+//! ramps up: a stream gets read-ahead of half what it has already read sequentially (up to the
+//! policy's window), as the kernel's own readahead ramps up. A reader that really streams a
+//! large file reaches the full window after reading that much; a startup that touches many small
+//! neighbouring files, or a few pages of a library, gets little. Against a registry, fixed large
+//! windows tripled the bytes fetched for a `python3 -c 'import json'` startup
+//! (scripts/bench-registry.sh). From local blobs the full window applies at once: bytes are
+//! cheap there, and a cold sequential reader should not pay a ramp.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -90,7 +93,8 @@ impl Filler {
         // Concurrent readers of one target race on these two atomics; the worst outcome is a
         // window computed from the other reader's streak, which only changes how far ahead.
         let streak = end.saturating_sub(state.streak_start.load(Ordering::Relaxed));
-        let stop = end.saturating_add(policy.window.min(streak / 2)).min(size);
+        let window = if target.blob.source.request_overhead() > 0 { policy.window.min(streak / 2) } else { policy.window };
+        let stop = end.saturating_add(window).min(size);
         let mut started = 0;
         while at < stop {
             let first = (at / gs) as usize;
