@@ -7,6 +7,8 @@
 # Env: EROFSD (binary, default target/release/erofsd), BENCH_DIR (scratch, default
 # /var/cache/erofsd-test/scratch/bench-fanotify; must be ext4/xfs/btrfs), RANDOM_READS (4000),
 # REPS (3), WARM_REPS (7), BUILD_ARGS (extra `erofsd build` flags, e.g. "--group-size 64K").
+# Columns: the fastest run of each side, their ratio, and the median of the per-iteration
+# ratios (native and fanotify run back to back each iteration).
 # Needs root and a 6.14+ kernel. Each cell is the fastest of REPS runs, native and
 # fanotify interleaved (the build machines are shared: the minimum is the least disturbed run);
 # page caches are dropped before every cold run.
@@ -120,8 +122,13 @@ fresh_fan() { # empty cache, new daemon, mounted
     start_daemon
 }
 
-declare -A R
+# R: fastest time per (side,name). P: per-iteration fanotify/native ratios per name (each
+# iteration runs the two back to back, so a slow spell of the machine hits both: the median of
+# these pairs is steadier than the ratio of the minima when the native baseline itself swings).
+declare -A R P
+LAST=
 keep_min() { # KEY SECONDS
+    LAST=$2
     if [[ -z ${R[$1]:-} ]] || (($(echo "$2 < ${R[$1]}" | bc -l))); then R[$1]=$2; fi
 }
 run_native() { # NAME FUNC cold|warm
@@ -143,7 +150,12 @@ run_fan() { # NAME FUNC cold|warm|cachewarm
 both() { # NAME FUNC MODE-NATIVE MODE-FAN
     local n=$reps
     [[ $3 == warm ]] && n=$warm_reps
-    for ((i = 0; i < n; i++)); do run_native "$1" "$2" "$3"; run_fan "$1" "$2" "$4"; done
+    local tn
+    for ((i = 0; i < n; i++)); do
+        run_native "$1" "$2" "$3"; tn=$LAST
+        run_fan "$1" "$2" "$4"
+        P[$1]+=" $(echo "$LAST / $tn" | bc -l)"
+    done
 }
 
 log "cold sequential read";   both seq_cold seqread cold cold
@@ -156,11 +168,13 @@ log "page-cold read, all data already in the cache files (mark removed)"
 both seq_cachewarm seqread cold cachewarm
 stop_daemon
 
-printf '\n%-58s %10s %10s %8s\n' "best of $reps cold / $warm_reps warm ($(du -sh --apparent-size "$tree" | cut -f1) tree, $nrand random 4K reads)" "native s" "fanotify s" "ratio"
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+printf '\n%-58s %10s %10s %8s %8s\n' "best of $reps cold / $warm_reps warm ($(du -sh --apparent-size "$tree" | cut -f1) tree, $nrand random 4K reads)" "native s" "fanotify s" "ratio" "median"
 for k in seq_cold:"cold sequential read (all files)" seq_warm:"warm sequential read" \
          rand_cold:"cold 4K random read" rand_warm:"warm 4K random read" \
          meta_cold:"cold metadata walk (find + stat)" meta_warm:"warm metadata walk" \
          seq_cachewarm:"page-cold read, data in cache (no mark)"; do
     n=${k%%:*}; label=${k#*:}
-    printf '%-58s %10.3f %10.3f %7.2fx\n' "$label" "${R[native,$n]}" "${R[fan,$n]}" "$(echo "${R[fan,$n]} / ${R[native,$n]}" | bc -l)"
+    printf '%-58s %10.3f %10.3f %7.2fx %7.2fx\n' "$label" "${R[native,$n]}" "${R[fan,$n]}" \
+        "$(echo "${R[fan,$n]} / ${R[native,$n]}" | bc -l)" "$(median <<<"${P[$n]}")"
 done
