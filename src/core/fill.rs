@@ -431,27 +431,21 @@ mod read_ahead_tests {
     use super::tests_support::*;
     use super::*;
     use crate::core::readahead::ReadAheadPolicy;
+    use crate::core::source::{LocalDirSource, SharedSource};
     use std::sync::atomic::Ordering;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sequential_requests_fill_the_window_ahead_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = address_space(64); // 4 groups of 64 KiB
-        let rec = store(dir.path(), &data);
-        let blob = Blob::new(rec, Arc::new(crate::core::source::LocalDirSource::new(dir.path()))).unwrap();
-        let (target, _file) = sparse_target(dir.path(), &blob);
-        let filler = Filler::new(Writer::start(), 8);
-        let policy = ReadAheadPolicy { window: 128 << 10, piece: 64 << 10, slack: 64 << 10, require_filled_behind: false };
-        let rt = tokio::runtime::Handle::current();
-        // The first request has no predecessor: no read-ahead.
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);
-        // A random jump: none.
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 200_000, 4096, || {}), 0);
-        // Continuing at 4096 after 0..4096 would be sequential, but 200_000 was last: reset first.
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);
-        // Sequential: groups 1 and 2 (the 128 KiB after the request) are started, once.
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 4096, 4096, || {}), 2);
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 8192, 4096, || {}), 0, "already requested");
+    const POLICY: ReadAheadPolicy = ReadAheadPolicy { window: 128 << 10, piece: 64 << 10, slack: 64 << 10, require_filled_behind: false };
+
+    /// A 4-group (64 KiB each) blob in `dir` read through `source(dir)`, with its sparse target.
+    fn setup(dir: &std::path::Path, source: impl FnOnce(&std::path::Path) -> SharedSource) -> (Arc<Blob>, Arc<Target>, Filler) {
+        let rec = store(dir, &address_space(64));
+        let blob = Blob::new(rec, source(dir)).unwrap();
+        let (target, _file) = sparse_target(dir, &blob);
+        (blob, target, Filler::new(Writer::start(), 8))
+    }
+
+    /// Waits for the background fills, then checks exactly groups 1 and 2 are filled.
+    async fn expect_groups_1_and_2(target: &Target) {
         for _ in 0..200 {
             if target.readiness().ready_count() == 2 {
                 break;
@@ -460,60 +454,43 @@ mod read_ahead_tests {
         }
         assert!(target.readiness().is_ready(1) && target.readiness().is_ready(2));
         assert!(!target.readiness().is_ready(0) && !target.readiness().is_ready(3));
-        assert_eq!(blob.stats.groups.load(Ordering::Relaxed), 2);
     }
-}
 
-#[cfg(test)]
-mod read_ahead_ramp_tests {
-    use super::tests_support::*;
-    use super::*;
-    use crate::core::readahead::ReadAheadPolicy;
-    use crate::core::source::{BlobSource, BoxFuture, LocalDirSource};
-
-    /// Local files that claim requests cost (as a registry does).
-    struct Costly(LocalDirSource);
-    impl BlobSource for Costly {
-        fn read_range(&self, id: &str, offset: u64, len: u64) -> BoxFuture<'_, std::io::Result<Vec<u8>>> {
-            self.0.read_range(id, offset, len)
-        }
-        fn describe(&self) -> String {
-            "costly".into()
-        }
-        fn request_overhead(&self) -> u64 {
-            512 << 10
-        }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequential_requests_fill_the_window_ahead_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (blob, target, filler) = setup(dir.path(), |d| Arc::new(LocalDirSource::new(d)));
+        let rt = tokio::runtime::Handle::current();
+        // The first request has no predecessor: no read-ahead.
+        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 0, 4096, || {}), 0);
+        // A random jump: none.
+        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 200_000, 4096, || {}), 0);
+        // Continuing at 4096 after 0..4096 would be sequential, but 200_000 was last: reset first.
+        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 0, 4096, || {}), 0);
+        // Sequential: groups 1 and 2 (the 128 KiB after the request) are started, once.
+        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 4096, 4096, || {}), 2);
+        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 8192, 4096, || {}), 0, "already requested");
+        expect_groups_1_and_2(&target).await;
+        assert_eq!(blob.stats.groups.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn from_a_costly_source_the_window_ramps_up_with_the_streak() {
         let dir = tempfile::tempdir().unwrap();
-        let data = address_space(64); // 4 groups of 64 KiB
-        let rec = store(dir.path(), &data);
-        let blob = Blob::new(rec, Arc::new(Costly(LocalDirSource::new(dir.path())))).unwrap();
-        let (target, _file) = sparse_target(dir.path(), &blob);
-        let filler = Filler::new(Writer::start(), 8);
-        let policy = ReadAheadPolicy { window: 128 << 10, piece: 64 << 10, slack: 64 << 10, require_filled_behind: false };
+        let (_blob, target, filler) = setup(dir.path(), |d| Arc::new(Costly::new(d, 512 << 10)));
         let rt = tokio::runtime::Handle::current();
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);
+        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 0, 4096, || {}), 0);
         // Sequential, but the streak is 8 KiB: half of it ahead does not reach the next group
         // (two neighbouring pages get no read-ahead).
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 4096, 4096, || {}), 0);
+        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 4096, 4096, || {}), 0);
         // The streak is 0..64096: 32 KiB ahead reaches group 1.
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 8192, 55904, || {}), 1);
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 60000, 4096, || {}), 0, "already requested");
+        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 8192, 55904, || {}), 1);
+        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 60000, 4096, || {}), 0, "already requested");
         // 0..131072 read: 64 KiB ahead reaches group 2; group 3 is not started.
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 64096, 66976, || {}), 1);
+        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 64096, 66976, || {}), 1);
         // A jump starts a new streak: nothing ahead.
-        assert_eq!(filler.read_ahead(&rt, &target, &policy, 200_000, 4096, || {}), 0);
-        for _ in 0..200 {
-            if target.readiness().ready_count() == 2 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(target.readiness().is_ready(1) && target.readiness().is_ready(2));
-        assert!(!target.readiness().is_ready(0) && !target.readiness().is_ready(3));
+        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 200_000, 4096, || {}), 0);
+        expect_groups_1_and_2(&target).await;
     }
 }
 
@@ -521,7 +498,6 @@ mod read_ahead_ramp_tests {
 mod merge_tests {
     use super::tests_support::*;
     use super::*;
-    use crate::core::source::{BlobSource, BoxFuture, LocalDirSource};
     use erofs::blob::{encode_blob, Compression};
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::Ordering;
@@ -550,27 +526,12 @@ mod merge_tests {
         assert!(plan(&[], 1 << 20).is_empty());
     }
 
-    /// A local directory that claims requests are expensive, counting them.
-    struct Remote(LocalDirSource, std::sync::atomic::AtomicU64);
-    impl BlobSource for Remote {
-        fn read_range(&self, id: &str, offset: u64, len: u64) -> BoxFuture<'_, std::io::Result<Vec<u8>>> {
-            self.1.fetch_add(len, Ordering::Relaxed);
-            self.0.read_range(id, offset, len)
-        }
-        fn describe(&self) -> String {
-            "remote-like".into()
-        }
-        fn request_overhead(&self) -> u64 {
-            256 << 10
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_gap_of_ready_groups_is_fetched_in_one_request_and_not_rewritten() {
         let dir = tempfile::tempdir().unwrap();
         let data = address_space(256); // 16 groups of 64 KiB (zstd)
         let rec = store(dir.path(), &data);
-        let source = Arc::new(Remote(LocalDirSource::new(dir.path()), Default::default()));
+        let source = Arc::new(Costly::new(dir.path(), 256 << 10));
         let blob = Blob::new(rec, source.clone()).unwrap();
         let (target, file) = sparse_target(dir.path(), &blob);
         let filler = Filler::new(Writer::start(), 8);
@@ -586,7 +547,7 @@ mod merge_tests {
         file.read_exact_at(&mut back, 0).unwrap();
         assert!(back[..2 << 16] == data[..2 << 16] && back[3 << 16..] == data[3 << 16..5 << 16]);
         assert_eq!(&back[2 << 16..(2 << 16) + 4096], &[0xEE; 4096][..], "ready group left alone");
-        let stored = source.1.load(Ordering::Relaxed);
+        let stored = source.bytes.load(Ordering::Relaxed);
         assert_eq!(stored, blob.map.stored_range(4).end - blob.map.stored_range(0).start + { let r = blob.map.stored_range(2); r.end - r.start });
     }
 }
@@ -620,6 +581,33 @@ mod tests_support {
         let (stored, rec) = encode_blob(data, Compression::Zstd, GS_LOG2).unwrap();
         std::fs::write(dir.join(rec.id_hex()), &stored).unwrap();
         rec
+    }
+
+    /// Blobs from a local directory, from a source that claims a request costs `overhead`
+    /// bytes (as a registry does); counts the stored bytes asked for.
+    pub struct Costly {
+        inner: crate::core::source::LocalDirSource,
+        overhead: u64,
+        pub bytes: std::sync::atomic::AtomicU64,
+    }
+
+    impl Costly {
+        pub fn new(dir: &std::path::Path, overhead: u64) -> Costly {
+            Costly { inner: crate::core::source::LocalDirSource::new(dir), overhead, bytes: Default::default() }
+        }
+    }
+
+    impl crate::core::source::BlobSource for Costly {
+        fn read_range(&self, id: &str, offset: u64, len: u64) -> crate::core::source::BoxFuture<'_, std::io::Result<Vec<u8>>> {
+            self.bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+            self.inner.read_range(id, offset, len)
+        }
+        fn describe(&self) -> String {
+            "local blobs, priced like a registry".into()
+        }
+        fn request_overhead(&self) -> u64 {
+            self.overhead
+        }
     }
 
     pub fn sparse_target(dir: &std::path::Path, blob: &Arc<Blob>) -> (Arc<Target>, std::fs::File) {
