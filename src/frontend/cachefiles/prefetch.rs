@@ -39,42 +39,18 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use cachefiles::wire::build;
-    use cachefiles::Device;
 
-    use super::super::registry::{Registration, Registry};
-    use super::super::tests::{anon_file, command, seqpacket, send, wait_for};
+    use super::super::tests::{anon_file, command, send, standin, wait_for};
     use super::*;
-    use crate::core::fill::Filler;
-    use crate::core::images::ImageStore;
     use crate::core::prefetch::PrefetchMode;
-    use crate::core::writer::Writer;
 
     /// A blobs-mode prefetch finds the blob object the (stand-in) kernel opened, learns what it
     /// already holds, and fills the rest.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn blobs_prefetch_fills_the_opened_blob_object() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("tree");
-        std::fs::create_dir_all(&tree).unwrap();
-        let data: Vec<u8> = (0..600_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        std::fs::write(tree.join("data.bin"), &data).unwrap();
-        let out = dir.path().join("img");
-        let opts = crate::build::BuildOptions { chunk_size_log2: 16, group_size_log2: 16, ..Default::default() };
-        crate::build::build(&[crate::build::Source::from_arg(&tree)], &out, &opts).unwrap();
-        let image = ImageStore::new().load_dir(&out).unwrap();
+        let (out, image, shared, peer) = standin(dir.path());
         let blob = image.blobs[0].clone();
-
-        let (ours, peer) = seqpacket();
-        let shared = Arc::new(Shared {
-            device: Device::from(ours),
-            registry: Registry::new(dir.path().join("state.json")),
-            objects: Default::default(),
-            filler: Filler::new(Writer::pwrite_only(), 4),
-            metrics: Default::default(),
-            rt: tokio::runtime::Handle::current(),
-        });
-        let reg = Registration { fsid: "img1".into(), domain_id: None, image: image.clone(), image_path: out.clone(), mountpoint: "/mnt/x".into() };
-        shared.registry.add(reg).unwrap();
         let (handle, stop) = super::super::reader::spawn(shared.clone()).unwrap();
         let (_boot_file, boot_fd) = anon_file(dir.path(), "boot");
         send(&peer, &build::open(1, 10, b"erofs,img1", b"img1", boot_fd));

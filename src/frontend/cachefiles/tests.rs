@@ -62,23 +62,23 @@ pub(super) fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_read_close_through_a_standin_device() {
-    let dir = tempfile::tempdir().unwrap();
-    let tree = dir.path().join("tree");
+/// A stand-in for one registered image: a 600,000-byte file built into `dir/img` (64K chunks
+/// and groups), the front-end's shared state over a seqpacket "device", and the image
+/// registered as fsid `img1`. Returns (image dir, image, shared state, peer end).
+pub(super) fn standin(dir: &std::path::Path) -> (std::path::PathBuf, Arc<crate::core::images::Image>, Arc<Shared>, OwnedFd) {
+    let tree = dir.join("tree");
     std::fs::create_dir_all(&tree).unwrap();
     let data: Vec<u8> = (0..600_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(tree.join("data.bin"), &data).unwrap();
-    let out = dir.path().join("img");
+    let out = dir.join("img");
     let opts = crate::build::BuildOptions { chunk_size_log2: 16, group_size_log2: 16, ..Default::default() };
     crate::build::build(&[crate::build::Source::from_arg(&tree)], &out, &opts).unwrap();
     let image = ImageStore::new().load_dir(&out).unwrap();
-    let blob = image.blobs[0].clone();
 
     let (ours, peer) = seqpacket();
     let shared = Arc::new(Shared {
         device: Device::from(ours),
-        registry: Registry::new(dir.path().join("state.json")),
+        registry: Registry::new(dir.join("state.json")),
         objects: Default::default(),
         filler: Filler::new(Writer::pwrite_only(), 4),
         metrics: Default::default(),
@@ -94,6 +94,14 @@ async fn open_read_close_through_a_standin_device() {
             mountpoint: "/mnt/x".into(),
         })
         .unwrap();
+    (out, image, shared, peer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_read_close_through_a_standin_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, image, shared, peer) = standin(dir.path());
+    let blob = image.blobs[0].clone();
     let (handle, stop) = reader::spawn(shared.clone()).unwrap();
 
     // Bootstrap OPEN: copen with the bootstrap size, then the whole bootstrap is written.
