@@ -58,6 +58,18 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
+    serve_http(listener, daemon, handle).await
+}
+
+/// Serves HTTP/1.1 on every connection `listener` accepts, each request answered by
+/// `handle(state, request)`; shared by this API and the nydusd-compatible one. Connections are
+/// kept alive and an idle one is never timed out: a client may hold one open as a liveness watch
+/// (nydus-snapshotter does).
+pub async fn serve_http<S, F>(listener: UnixListener, state: Arc<S>, handle: fn(Arc<S>, Request<Incoming>) -> F)
+where
+    S: Send + Sync + 'static,
+    F: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -66,17 +78,22 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
                 continue;
             }
         };
-        let daemon = daemon.clone();
+        let state = state.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(daemon.clone(), req));
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .header_read_timeout(None)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
                 warn!("api connection: {e}");
             }
         });
     }
 }
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+/// A JSON answer.
+pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     Response::builder()
         .status(status)

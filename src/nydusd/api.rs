@@ -21,13 +21,13 @@ use std::sync::Arc;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::UnixListener;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::state::State;
 use super::NydusDaemon;
+use crate::daemon::api::{json, serve_http};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -35,35 +35,8 @@ type Resp = Response<Full<Bytes>>;
 const MAX_BODY: usize = 1 << 20;
 
 pub async fn serve(listener: UnixListener, daemon: Arc<NydusDaemon>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("api accept: {e}");
-                continue;
-            }
-        };
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(daemon.clone(), req));
-            // No header-read timeout: an idle connection is the snapshotter's liveness probe.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .header_read_timeout(None)
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                warn!("api connection: {e}");
-            }
-        });
-    }
-}
-
-fn json(status: StatusCode, body: &serde_json::Value) -> Resp {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())))
-        .expect("response")
+    // No header-read timeout there: an idle connection is the snapshotter's liveness probe.
+    serve_http(listener, daemon, handle).await
 }
 
 fn no_content() -> Resp {
