@@ -13,23 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use common::data::noise;
 use common::{cli, fixtures};
 use fanotify_harness::{drop_caches, require_fanotify, Daemon, MountDir};
 
 const MIB: usize = 1 << 20;
 
-/// A file of `len` pseudo-random (incompressible) bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 struct Img {
     dir: PathBuf,

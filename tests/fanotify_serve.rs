@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::compare::{assert_trees_equal, Options};
+use common::data::noise;
 use common::{cli, fixtures};
 use fanotify_harness::{drop_caches, regular_files, require_fanotify, Daemon, MountDir};
 
@@ -47,18 +48,6 @@ fn fanotify_rootfs_tree_byte_exact() {
     full_tree("fanotify_rootfs_tree_byte_exact", "rootfs", 6000);
 }
 
-/// A file of `len` pseudo-random (incompressible) bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 #[test]
 fn fanotify_partial_read_fetches_only_touched_groups() {

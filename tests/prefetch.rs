@@ -13,22 +13,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::registry::{require_registry, Fault, FaultFront, Registry};
+use build_common::noise;
 use common::{cli, fixtures};
 use erofs::reader::ExtentKind;
 use fanotify_harness::{require_fanotify, Daemon, MountDir};
 
-/// Pseudo-random (incompressible) bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// `n` files `dir/fNN` of `size` noise bytes each, plus small and nested files.
 fn make_tree(src: &Path, n: usize, size: usize) {

@@ -132,18 +132,9 @@ pub fn list_all(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Deterministic pseudo-random bytes.
-pub fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+#[path = "../common/data.rs"]
+mod data;
+pub use data::noise;
 
 /// Compressible text of `n` bytes.
 pub fn text(n: usize, seed: u64) -> Vec<u8> {

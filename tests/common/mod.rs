@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod compare;
+pub mod data;
 pub mod devtable;
 pub mod env;
 pub mod fixtures;
