@@ -9,7 +9,10 @@
 # verify every CONFIG_X=y of the fragments is =y in .config; make -j2 bzImage.
 # Cache: $EROFSD_KERNEL_CACHE (default /var/cache/erofsd-kernels), outside the repo:
 #   src/<ver>-<pkgver>/       extracted source (read-only; builds use O=)
-#   build/<ver>/              object tree (kept so a fragment change rebuilds incrementally)
+#   build/<ver>/              object tree
+#   Both trees (about 1.7 GB per version) are removed once the bzImage is in out/, because CI
+#   machines are short of disk; EROFSD_KEEP_KERNEL_TREES=1 keeps them, so that a developer
+#   changing the fragment rebuilds incrementally.
 #   out/<ver>-<key>/bzImage   finished kernel; <key> = sha256(fragments + this script + package version)
 #   logs/build-<ver>-<key>.log
 # A second run with the same key is instant.
@@ -106,5 +109,8 @@ cp "$BUILD/arch/x86/boot/bzImage" "$OUT.tmp/bzImage"
 cp "$BUILD/.config" "$OUT.tmp/config"
 rm -rf "$OUT"
 mv "$OUT.tmp" "$OUT"
+if [ "${EROFSD_KEEP_KERNEL_TREES:-0}" != 1 ]; then
+    rm -rf "$SRCDIR" "$BUILD"
+fi
 END=$(date +%s)
 echo "kernel $VER: built $OUT/bzImage ($(stat -c %s "$OUT/bzImage") bytes) in $((END - START)) s, key $KEY, log $LOG"

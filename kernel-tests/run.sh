@@ -67,6 +67,9 @@ done
 
 # --- guest binaries: static, so the initramfs needs no libraries ----------------------------
 # No musl target is installed offline; glibc with crt-static works for std programs.
+# No debug info: it made the static erofsd 92 MB (initramfs size, guest memory, disk); symbol
+# names stay, so a guest panic still prints a readable backtrace.
+export CARGO_PROFILE_RELEASE_DEBUG=0
 echo "== building guest binaries (static, $RUST_TARGET)"
 ( cd "$HERE/guest-bin" &&
   CARGO_TARGET_DIR="$GUEST_TARGET" RUSTFLAGS='-C target-feature=+crt-static' \
@@ -145,6 +148,8 @@ run_kernel() {
     # Room for the inputs plus the cache files the tests fill (each image may be cached twice).
     local disk_mb=$(( $(du -sm "$work/data" | cut -f1) * 3 + 512 ))
     mkfs.ext4 -q -F -L ktest -d "$work/data" "$disk" "${disk_mb}M" >/dev/null || die "mkfs.ext4 failed"
+    # The inputs now live in the disk image; CI machines are short of disk.
+    rm -rf "$work/data"
 
     # Initramfs: busybox-static + /init + tests + guest binaries.
     local root="$work/initramfs"
@@ -158,6 +163,7 @@ run_kernel() {
     cp "$HERE/guest/erofsd-lib.sh" "$root/ktest/erofsd-lib.sh"
     mknod "$root/dev/console" c 5 1 2>/dev/null || true
     (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
+    rm -rf "$root"
 
     local log="$work/serial.log" rc=0
     echo "   booting (log: $log, timeout ${BOOT_TIMEOUT}s) ..."
@@ -197,6 +203,10 @@ run_kernel() {
         echo "   ---- serial log tail ($log) ----"
         tail -n 40 "$log" | sed 's/^/   | /'
         echo "   ----"
+    else
+        # All passed: the serial log and results/ tell the story; the 3 GB disk image is only
+        # worth keeping when something failed (debugfs can then read the guest's cache files).
+        rm -f "$disk" "$work/initrd.gz"
     fi
     # Guest uptime when /init started: the kernel's own boot time under TCG.
     local up; up="$(sed -n 's/^KTEST BOOT .*uptime=\([0-9.]*\)s.*/\1/p' "$log" | head -n 1)"

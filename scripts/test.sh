@@ -45,6 +45,22 @@ export EROFSD_SKIP_LOG=$log/skips
 : >"$EROFSD_SKIP_LOG"
 step() { echo; echo "=== $* ==="; }
 fail_step() { failed=$((failed + 1)); failures+=("$1"); echo "test.sh: FAILED: $1" >&2; }
+# Free disk where the run writes: the clone's target/, /tmp, and the fixture and kernel caches.
+# A run from a fresh machine peaks near $need_gib GiB (measured: 2.7 GiB target, 2 GiB fixtures,
+# 1.5 GiB guest binaries, 3.4 GiB per kernel build before its trees are removed, test data);
+# when less is free, say so first, so that a later "No space left on device" is not a mystery.
+need_gib=12
+disk_report() {
+    mkdir -p /var/cache 2>/dev/null
+    df -h --output=target,size,used,avail "$repo" /tmp /var/cache 2>/dev/null | awk '!seen[$0]++'
+}
+
+step "disk"
+disk_report
+avail_gib=$(( $(df --output=avail -k "$repo" | tail -1) / 1048576 ))
+if ((avail_gib < need_gib)); then
+    echo "test.sh: WARNING: only $avail_gib GiB free under $repo; a run from a fresh machine needs about $need_gib GiB" >&2
+fi
 
 if $deps; then
     step "dependencies (scripts/ci-deps.sh)"
@@ -111,6 +127,9 @@ if $fuzz; then
         echo "test.sh: scripts/fuzz-erofs.sh not present yet" >&2
     fi
 fi
+
+step "disk at the end"
+disk_report
 
 echo
 if ((skipped)); then
