@@ -95,7 +95,10 @@ async fn handle(daemon: Arc<NydusDaemon>, req: Request<Incoming>) -> Result<Resp
             let list: Vec<serde_json::Value> = daemon
                 .binds()
                 .iter()
-                .map(|b| serde_json::json!({"type": "bootstrap", "id": b.fsid, "domain_id": b.domain_id, "metadata_path": b.metadata_path}))
+                .map(|b| {
+                    serde_json::json!({"type": "bootstrap", "id": b.fsid, "domain_id": b.domain_id, "metadata_path": b.metadata_path,
+                        "erofsd_blob_source": b.image.blobs.first().map(|x| x.source.describe())})
+                })
                 .collect();
             json(StatusCode::OK, &serde_json::json!({"blobs": list}))
         }

@@ -13,6 +13,7 @@ pub mod api;
 pub mod backend;
 pub mod cli;
 pub mod failover;
+pub mod persist;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -28,7 +29,9 @@ use crate::core::fill::Filler;
 use crate::core::images::{Image, ImageStore};
 use crate::daemon::config::Config;
 use crate::frontend::cachefiles::{self, CachefilesFrontend};
+use backend::BackendRef;
 use cli::Singleton;
+use persist::BindRecord;
 use state::{State, StateCell};
 
 /// Environment switch for machines without cachefiles on-demand (CI hosts, the host tests):
@@ -104,6 +107,8 @@ pub struct Bind {
     pub fsid: String,
     pub metadata_path: PathBuf,
     pub image: Arc<Image>,
+    /// Where its blobs come from (the entry's backend), kept for a successor.
+    pub backend: Option<BackendRef>,
 }
 
 impl Bind {
@@ -153,16 +158,53 @@ impl NydusDaemon {
         self.frontend.lock().expect("frontend").clone()
     }
 
-    /// Installs a started front-end and adopts the binds it recovered (failover).
-    fn set_frontend(&self, fe: Arc<CachefilesFrontend>) {
+    /// Installs a started front-end and adopts the binds it recovered (failover), with their
+    /// backends from the saved `records`.
+    fn set_frontend(&self, fe: Arc<CachefilesFrontend>, records: &[BindRecord]) {
         use crate::frontend::Frontend;
         let mut binds = self.binds.lock().expect("binds");
         for (info, image) in fe.recovered() {
             if let Some((d, f)) = Bind::from_key(&info.mountpoint) {
-                binds.insert((d.clone(), f.clone()), Bind { domain_id: d, fsid: f, metadata_path: info.image.clone(), image });
+                let backend = records.iter().find(|r| r.domain_id == d && r.id == f).and_then(|r| r.backend.clone());
+                binds.insert((d.clone(), f.clone()), Bind { domain_id: d, fsid: f, metadata_path: info.image.clone(), image, backend });
             }
         }
         *self.frontend.lock().expect("frontend") = Some(fe);
+    }
+
+    fn state_path(&self) -> PathBuf {
+        persist::path(&self.config.cache_dir)
+    }
+
+    /// Writes the bind list with backends for a successor. Not while INIT: the predecessor's
+    /// list is still to be taken over.
+    fn persist(&self) -> Result<()> {
+        if self.state.get() == State::Init {
+            return Ok(());
+        }
+        let records: Vec<BindRecord> = self
+            .binds()
+            .into_iter()
+            .map(|b| BindRecord { domain_id: b.domain_id, id: b.fsid, metadata_path: b.metadata_path, image_id: b.image.id.clone(), backend: b.backend })
+            .collect();
+        persist::save(&self.state_path(), &records)
+    }
+
+    /// Reloads a saved bind's image through its saved backend (`blobs/` beside the bootstrap
+    /// when it has none), refusing a bootstrap that changed since it was bound.
+    fn reload(images: &ImageStore, path: &Path, image_id: &str, rec: Option<&BindRecord>) -> Result<Arc<Image>> {
+        let source = match rec.and_then(|r| r.backend.as_ref()) {
+            Some(b) => b.source(path).with_context(|| format!("the saved {} backend", b.describe()))?,
+            None => None,
+        };
+        let image = match source {
+            Some(s) => images.load(path, s)?,
+            None => images.load_dir(path)?,
+        };
+        if image.id != image_id {
+            bail!("bootstrap {} changed since it was bound", path.display());
+        }
+        Ok(image)
     }
 
     pub fn binds(&self) -> Vec<Bind> {
@@ -175,7 +217,12 @@ impl NydusDaemon {
         let _op = self.ops.lock().await;
         cachefiles::registry::check_name("id", fsid)?;
         cachefiles::registry::check_name("domain_id", domain_id)?;
-        let image = match backend::source_for(metadata_path, config)? {
+        let backend = BackendRef::from_entry(config);
+        let source = match &backend {
+            Some(b) => b.source(metadata_path)?,
+            None => None,
+        };
+        let image = match source {
             Some(source) => self.images.load(metadata_path, source),
             None => self.images.load_dir(metadata_path),
         }
@@ -194,11 +241,24 @@ impl NydusDaemon {
             };
             fe.bind(Bind::key(domain_id, fsid), fsid, Some(domain_id), image.clone(), metadata_path.to_path_buf())?;
         }
-        info!("bound {domain_id}/{fsid} ({} blob(s)) from {}", image.blobs.len(), metadata_path.display());
-        self.binds.lock().expect("binds").insert(
-            k,
-            Bind { domain_id: domain_id.into(), fsid: fsid.into(), metadata_path: metadata_path.into(), image },
+        info!(
+            "bound {domain_id}/{fsid} ({} blob(s)) from {}; blobs from {}",
+            image.blobs.len(),
+            metadata_path.display(),
+            image.blobs.first().map(|b| b.source.describe()).unwrap_or_else(|| "nowhere (no blobs)".into())
         );
+        self.binds.lock().expect("binds").insert(
+            k.clone(),
+            Bind { domain_id: domain_id.into(), fsid: fsid.into(), metadata_path: metadata_path.into(), image, backend },
+        );
+        if let Err(e) = self.persist() {
+            // A bind a successor could not re-adopt with its source is refused now.
+            self.binds.lock().expect("binds").remove(&k);
+            if let Some(fe) = self.frontend() {
+                let _ = fe.unbind(&Bind::key(domain_id, fsid));
+            }
+            return Err(e.context("saving the bind list"));
+        }
         Ok(())
     }
 
@@ -219,6 +279,9 @@ impl NydusDaemon {
             }
             self.binds.lock().expect("binds").remove(&(b.domain_id.clone(), b.fsid.clone()));
             info!("unbound {}/{}", b.domain_id, b.fsid);
+        }
+        if let Err(e) = self.persist() {
+            warn!("saving the bind list after unbind: {e:#}");
         }
         Ok(gone.len())
     }
@@ -283,25 +346,45 @@ impl NydusDaemon {
         let Some(sup) = self.opts.supervisor.clone() else { bail!("no --supervisor socket was given") };
         let (state, fd) = tokio::task::spawn_blocking(move || failover::receive(&sup)).await??;
         info!("takeover: {} bytes of state and the device fd from the supervisor", state.len());
+        // The predecessor's backends (a missing or unreadable list: binds fall back to blobs/
+        // beside their bootstraps, and say so).
+        let records = persist::load(&self.state_path()).unwrap_or_else(|e| {
+            warn!("takeover: {e:#}; binds are re-adopted without their backends");
+            Vec::new()
+        });
         if !self.api_only {
             crate::daemon::supervisor::fd_store().lock().expect("fd store").inherit(cachefiles::FD_NAME, fd);
-            // Sees the inherited device: reloads the state file's binds, writes `restore`.
-            let fe = cachefiles::start_cachefiles(&self.config, self.filler.clone())?;
-            self.set_frontend(fe);
+            // Sees the inherited device: reloads the state file's binds through their saved
+            // backends, then writes `restore`.
+            let loader = |s: &cachefiles::registry::Saved, images: &ImageStore| -> Result<Arc<Image>> {
+                let rec = Bind::from_key(&s.mountpoint).and_then(|(d, f)| records.iter().find(|r| r.domain_id == d && r.id == f));
+                Self::reload(images, &s.image, &s.image_id, rec)
+            };
+            let fe = cachefiles::start_cachefiles_with(&self.config, self.filler.clone(), Some(&loader))?;
+            self.set_frontend(fe, &records);
         } else if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&state) {
-            // api-only: the bytes are all there is; re-load what they name.
+            // api-only: the bytes name the binds; the saved list adds their backends.
             for b in v["binds"].as_array().into_iter().flatten() {
-                if let (Some(d), Some(f), Some(p)) = (b["domain_id"].as_str(), b["id"].as_str(), b["metadata_path"].as_str()) {
-                    if let Ok(image) = self.images.load_dir(Path::new(p)) {
+                let (Some(d), Some(f), Some(p), Some(id)) =
+                    (b["domain_id"].as_str(), b["id"].as_str(), b["metadata_path"].as_str(), b["image_id"].as_str())
+                else {
+                    continue;
+                };
+                let rec = records.iter().find(|r| r.domain_id == d && r.id == f);
+                match Self::reload(&self.images, Path::new(p), id, rec) {
+                    Ok(image) => {
                         self.binds.lock().expect("binds").insert(
                             (d.into(), f.into()),
-                            Bind { domain_id: d.into(), fsid: f.into(), metadata_path: p.into(), image },
+                            Bind { domain_id: d.into(), fsid: f.into(), metadata_path: p.into(), image, backend: rec.and_then(|r| r.backend.clone()) },
                         );
                     }
+                    Err(e) => warn!("takeover: cannot re-adopt {d}/{f}: {e:#}"),
                 }
             }
         }
         self.state.set(State::Ready);
+        self.persist().context("saving the re-adopted bind list")?;
+        info!("takeover: {} bind(s) re-adopted", self.binds.lock().expect("binds").len());
         Ok(())
     }
 }
@@ -394,6 +477,7 @@ fn run(opts: Singleton) -> Result<()> {
         if api_only {
             warn!("{API_ONLY_ENV}=1: API-ONLY MODE, nothing is bound to /dev/cachefiles; mounts will not be served");
             daemon.state.set(if daemon.opts.upgrade { State::Init } else { State::Running });
+            daemon.persist()?;
         } else if daemon.opts.upgrade {
             // Hot upgrade: the old daemon still holds the device; wait for takeover.
             info!("--upgrade: waiting for takeover (INIT)");
@@ -401,8 +485,10 @@ fn run(opts: Singleton) -> Result<()> {
         } else {
             match cachefiles::start_cachefiles(&daemon.config, daemon.filler.clone()) {
                 Ok(fe) => {
-                    daemon.set_frontend(fe);
+                    // A fresh device: nothing was recovered, the old bind list is void.
+                    daemon.set_frontend(fe, &[]);
                     daemon.state.set(State::Running);
+                    daemon.persist()?;
                 }
                 // Failover start: the dead daemon's device is still open (the supervisor holds
                 // it), so the device cannot be bound again; the snapshotter will send takeover.

@@ -47,6 +47,32 @@ impl Credentials {
     }
 }
 
+/// A bearer token handed to us ready-made (nydus-snapshotter's `registry_token`): presented on
+/// every request until the registry rejects it, then the normal challenge flow takes over.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticToken(pub String);
+
+impl fmt::Debug for StaticToken {
+    // Never print a token into a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StaticToken(****)")
+    }
+}
+
+impl StaticToken {
+    /// A token that can go in an `Authorization` header: visible ASCII, no spaces.
+    pub fn new(token: &str) -> Result<StaticToken, String> {
+        let t = token.trim();
+        if t.is_empty() {
+            return Err("the token is empty".into());
+        }
+        if let Some(c) = t.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!("the token holds {c:?}, which cannot go in an HTTP header"));
+        }
+        Ok(StaticToken(t.to_string()))
+    }
+}
+
 /// One parsed challenge from a `WWW-Authenticate` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
@@ -231,5 +257,9 @@ mod tests {
         assert!(TokenResponse { token: Some(String::new()), access_token: None, expires_in: None }.into_token(1).is_none());
         assert!(!format!("{:?}", Credentials::basic("u", "secret")).contains("secret"));
         assert!(!format!("{t:?}").contains("abc"));
+        let st = StaticToken::new(" tok.en-1 ").unwrap();
+        assert_eq!(st.0, "tok.en-1");
+        assert!(!format!("{st:?}").contains("tok"));
+        assert!(StaticToken::new("").is_err() && StaticToken::new("a b").is_err() && StaticToken::new("a\nb").is_err());
     }
 }

@@ -14,7 +14,7 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use tracing::{debug, warn};
 use url::Url;
 
-use super::auth::{parse_challenges, Challenge, CachedToken, Credentials, TokenResponse};
+use super::auth::{parse_challenges, Challenge, CachedToken, Credentials, StaticToken, TokenResponse};
 
 /// How the client reaches the registry.
 #[derive(Debug, Clone)]
@@ -261,6 +261,14 @@ impl Session {
         }
     }
 
+    /// Presents `token` on every request until the registry rejects it (generation 0: any
+    /// token fetched later replaces it). Configured tokens carry no lifetime; the registry's
+    /// 401 is what ends one.
+    pub fn set_static_token(&mut self, token: StaticToken) {
+        let forever = Instant::now() + Duration::from_secs(10 * 365 * 24 * 3600);
+        self.state.get_mut().expect("auth state").token = Some(CachedToken { token: token.0, valid_until: forever, generation: 0 });
+    }
+
     /// Makes this a push session: tokens are requested with `repository:<repo>:pull,push`.
     pub fn set_push(&mut self) {
         self.push = true;
@@ -322,6 +330,17 @@ impl Session {
             .filter_map(|v| v.to_str().ok())
             .flat_map(parse_challenges)
             .collect();
+        if let Some(g) = presented.token_generation {
+            // The token we sent was refused: stop presenting it (unless another request has
+            // already replaced it), so a basic challenge or a fresh token can take over.
+            let mut st = self.state.lock().expect("auth state");
+            if st.token.as_ref().is_some_and(|t| t.generation == g) {
+                st.token = None;
+                if g == 0 {
+                    warn!("{what}: the registry refused the configured bearer token; authenticating through its challenge");
+                }
+            }
+        }
         if let Some(ch) = challenges.iter().find(|c| c.scheme == "bearer") {
             self.state.lock().expect("auth state").bearer = Some(ch.clone());
             self.refresh_token(ch, presented.token_generation).await?;

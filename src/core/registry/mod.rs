@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
-pub use auth::Credentials;
+pub use auth::{Credentials, StaticToken};
 pub use client::{RetryPolicy, TransportOptions};
 use client::{read_limited, status_failure, transport_failure, with_retries, Failure, Session};
 
@@ -57,6 +57,9 @@ pub struct RegistryConfig {
     /// Repository path, e.g. `library/debian`.
     pub repository: String,
     pub credentials: Credentials,
+    /// A ready-made bearer token presented first (see [`StaticToken`]); `credentials` still
+    /// serve the token server or a basic challenge once the registry rejects it.
+    pub static_token: Option<StaticToken>,
     pub transport: TransportOptions,
     pub retry: RetryPolicy,
 }
@@ -67,6 +70,7 @@ impl RegistryConfig {
             registry: registry.into(),
             repository: repository.into(),
             credentials: Credentials::Anonymous,
+            static_token: None,
             transport: TransportOptions::default(),
             retry: RetryPolicy::default(),
         }
@@ -145,8 +149,12 @@ impl RegistrySource {
             cfg.repository,
             cfg.transport.proxy.as_deref().map(|p| format!(" via proxy {p}")).unwrap_or_default()
         );
+        let mut session = Session::new(http, cfg.repository.clone(), cfg.credentials);
+        if let Some(t) = cfg.static_token {
+            session.set_static_token(t);
+        }
         Ok(RegistrySource {
-            session: Session::new(http, cfg.repository.clone(), cfg.credentials),
+            session,
             base,
             retry: cfg.retry,
             describe,

@@ -82,6 +82,15 @@ pub fn start(config: &Config, filler: Filler) -> Result<Arc<dyn Frontend>> {
 
 /// [`start`], keeping the concrete type (the nydusd surface binds images without mounting them).
 pub fn start_cachefiles(config: &Config, filler: Filler) -> Result<Arc<CachefilesFrontend>> {
+    start_cachefiles_with(config, filler, None)
+}
+
+/// How a successor reloads a saved registration's image (default: `ImageStore::load_dir` on
+/// its path). The nydusd surface passes one that rebuilds each bind's blob backend.
+pub type ImageLoader<'a> = &'a (dyn Fn(&registry::Saved, &ImageStore) -> Result<Arc<Image>> + Sync);
+
+/// [`start_cachefiles`] with the image loader used for recovered registrations.
+pub fn start_cachefiles_with(config: &Config, filler: Filler, loader: Option<ImageLoader<'_>>) -> Result<Arc<CachefilesFrontend>> {
     let (dir, state_path) = cache_paths(config);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating cache directory {}", dir.display()))?;
     let dir = std::fs::canonicalize(&dir)?;
@@ -122,7 +131,11 @@ pub fn start_cachefiles(config: &Config, filler: Filler) -> Result<Arc<Cachefile
         // re-send what was pending (`restore`): it re-OPENs every object whose fd died.
         let images = ImageStore::new();
         for s in saved {
-            let image = match images.load_dir(&s.image) {
+            let loaded = match loader {
+                Some(load) => load(&s, &images),
+                None => images.load_dir(&s.image),
+            };
+            let image = match loaded {
                 Ok(i) => i,
                 Err(e) => {
                     warn!("cachefiles: cannot reload image {} for {}: {e:#}", s.image.display(), s.mountpoint.display());
