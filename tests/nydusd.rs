@@ -5,6 +5,8 @@
 //! to /dev/cachefiles). The same sequence with the kernel, mount and byte-exact reads is the
 //! guest test kernel-tests/guest/tests/erofsd-nydusd-snapshotter.sh.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -119,6 +121,12 @@ fn fscache_id(snapshot_id: &str) -> String {
 
 /// The body the snapshotter sends (config/daemonconfig/fscache.go), registry backend and all.
 fn bind_body(fsid: &str, domain: &str, work_dir: &Path, boot: &Path) -> String {
+    let backend = serde_json::json!({"host": "registry.example", "repo": "library/app", "scheme": "https", "skip_verify": false,
+                                     "timeout": 5, "connect_timeout": 5, "retry_limit": 2, "proxy": {"fallback": false}});
+    bind_body_with(fsid, domain, work_dir, boot, backend)
+}
+
+fn bind_body_with(fsid: &str, domain: &str, work_dir: &Path, boot: &Path, backend_config: serde_json::Value) -> String {
     serde_json::json!({
         "type": "bootstrap",
         "id": fsid,
@@ -126,8 +134,7 @@ fn bind_body(fsid: &str, domain: &str, work_dir: &Path, boot: &Path) -> String {
         "config": {
             "id": fsid,
             "backend_type": "registry",
-            "backend_config": {"host": "registry.example", "repo": "library/app", "scheme": "https", "skip_verify": false,
-                               "timeout": 5, "connect_timeout": 5, "retry_limit": 2, "proxy": {"fallback": false}},
+            "backend_config": backend_config,
             "cache_type": "fscache",
             "cache_config": {"work_dir": work_dir},
             "prefetch_config": {"enable": false, "threads_count": 4, "merging_size": 0, "bandwidth_rate": 0, "prefetch_all": false},
@@ -428,4 +435,112 @@ fn bootstrap_without_local_blobs_binds_through_its_backend() {
     let (code, body) = call(&d.sock, "PUT", "/api/v2/blobs", Some(&no_host.to_string()));
     assert_eq!(code, 500, "{body}");
     assert!(json(&body)["message"].as_str().unwrap().contains("backend_config.host"), "{body}");
+}
+
+/// A nydus RAFS v6 image (shared fixture `dir-zstd`, built by nydus-image) in the snapshotter's
+/// layout: the bootstrap alone, its blob in a real registry behind htpasswd. The bind reads the
+/// blob meta through the entry's registry backend (so the bind itself proves bytes arrive with
+/// the entry's credentials); after a crash and takeover the successor re-adopts the bind through
+/// the saved backend (a RAFS bootstrap cannot load without its blob meta), the saved list is
+/// mode 0600 and the failover bytes carry no credentials. Without the saved list the bind is
+/// not re-adopted: the control that shows the list is what carries the backend.
+#[test]
+fn registry_backed_rafs_bind_survives_takeover() {
+    use base64::Engine;
+    use common::registry as reg;
+    use std::os::unix::fs::PermissionsExt;
+    let test = "registry_backed_rafs_bind_survives_takeover";
+    if !reg::require_registry(test) {
+        return;
+    }
+    let fixtures = std::env::var_os("EROFSD_NYDUS_FIXTURES").map(PathBuf::from).unwrap_or_else(|| "/work/shared/fixtures/nydus".into());
+    let fx = fixtures.join("dir-zstd");
+    if !common::env::require(fx.join("image.boot").exists(), test, &format!("the nydus fixtures at {} (EROFSD_NYDUS_FIXTURES)", fixtures.display())) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let htpasswd = t.path().join("htpasswd");
+    reg::write_htpasswd(&htpasswd, "alice", "s3cret");
+    let registry = reg::Registry::start(&format!("auth:\n  htpasswd:\n    realm: erofsd-test\n    path: {}\n", htpasswd.display()), None);
+    let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+    let repo = "nydus/dir-zstd";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for b in std::fs::read_dir(fx.join("blobs")).unwrap() {
+        let b = b.unwrap();
+        let data = std::fs::read(b.path()).unwrap();
+        let id = rt.block_on(reg::push_blob(&reg::push_client(None), &registry.url, repo, &data, Some(&format!("Basic {auth}"))));
+        assert_eq!(id, b.file_name().to_str().unwrap());
+    }
+    let image = t.path().join("snapshots/5/fs/image");
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::copy(fx.join("image.boot"), image.join("image.boot")).unwrap();
+    let backend = serde_json::json!({"host": registry.host_port(), "repo": repo, "scheme": "http", "auth": auth,
+                                     "timeout": 10, "connect_timeout": 5, "retry_limit": 1, "proxy": {"fallback": false}});
+
+    let nydusd = nydusd_link(t.path());
+    let sup = t.path().join("supervisor/d1.sock");
+    std::fs::create_dir_all(sup.parent().unwrap()).unwrap();
+    let sock = t.path().join("socket/d1/api.sock");
+    let sup_s = sup.to_str().unwrap().to_string();
+    let argv = ["--id", "d1", "--supervisor", sup_s.as_str()];
+    let saved = t.path().join("cache/state/nydusd-binds.json");
+    let fsid = fscache_id("5");
+    let bind = bind_body_with(&fsid, &fsid, &image, &image.join("image.boot"), backend.clone());
+    let source_of = |sock: &Path| -> Option<String> {
+        let (code, body) = call(sock, "GET", "/api/v2/blobs", None);
+        assert_eq!(code, 200, "{body}");
+        json(&body)["blobs"].as_array().unwrap().iter().find(|b| b["id"] == fsid.as_str()).map(|b| b["erofsd_blob_source"].as_str().unwrap_or("").to_string())
+    };
+
+    // Wrong credentials: the bind fails (the blob meta cannot be read), naming the cause.
+    let mut wrong = backend.clone();
+    wrong["auth"] = base64::engine::general_purpose::STANDARD.encode("alice:nope").into();
+    let mut holder = Some(supervisor_once(&sup));
+    let mut d = start(&nydusd, t.path(), &sock, &argv);
+    let (code, body) = call(&sock, "PUT", "/api/v2/blobs", Some(&bind_body_with(&fsid, &fsid, &image, &image.join("image.boot"), wrong)));
+    assert!(code >= 400 && body.contains("rejected"), "{code} {body}");
+
+    for round in ["with the saved list", "without it"] {
+        if round == "with the saved list" {
+            let (code, body) = call(&sock, "PUT", "/api/v2/blobs", Some(&bind));
+            assert_eq!(code, 204, "{body}");
+        }
+        let src = source_of(&sock).expect("bound");
+        assert!(src.contains(&format!("registry http://{}/{repo}", registry.host_port())), "{src}");
+        let mode = std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} holds credentials", saved.display());
+        assert!(std::fs::read_to_string(&saved).unwrap().contains(&auth));
+        let (code, body) = call(&sock, "PUT", "/api/v1/daemon/fuse/sendfd", None);
+        assert_eq!(code, 204, "{body}");
+        // Crash; the successor waits in INIT for takeover.
+        d.child.kill().unwrap();
+        d.child.wait().unwrap();
+        if round == "without it" {
+            std::fs::remove_file(&saved).unwrap();
+        }
+        let d2 = start(&nydusd, t.path(), &sock, &[&argv[..], &["--upgrade"]].concat());
+        let (code, body) = call(&sock, "PUT", "/api/v1/daemon/fuse/takeover", None);
+        assert_eq!(code, 204, "{body}");
+        let (state, got_fd) = holder.take().unwrap().join().unwrap();
+        assert!(got_fd);
+        let state = String::from_utf8(state).unwrap();
+        assert!(state.contains(&fsid) && !state.contains(&auth) && !state.contains("s3cret"), "failover bytes: {state}");
+        let (code, body) = call(&sock, "PUT", "/api/v1/daemon/start", None);
+        assert_eq!(code, 204, "{body}");
+        d = d2;
+        if round == "with the saved list" {
+            // Re-adopted through the registry (with the saved credentials), and saved again.
+            let src = source_of(&sock).expect("the bind was not re-adopted after takeover");
+            assert!(src.contains(&format!("registry http://{}/{repo}", registry.host_port())), "{src}");
+            assert!(std::fs::read_to_string(&saved).unwrap().contains(&fsid));
+            std::fs::remove_file(&sup).unwrap();
+            holder = Some(supervisor_once(&sup));
+        } else {
+            // No saved backend: the successor looks for blobs/ beside the bootstrap, which the
+            // snapshotter's layout lacks, so the bind is not re-adopted.
+            assert_eq!(source_of(&sock), None);
+            assert!(!std::fs::read_to_string(&saved).unwrap().contains(&fsid));
+        }
+    }
+    drop(d);
 }
