@@ -268,7 +268,8 @@ pub struct GroupMap {
     /// Empty in chunk mode.
     starts: Vec<u64>,
     /// Chunk mode (nydus blobs, [`GroupMap::chunked`]): groups are the 4 KiB pages of the
-    /// address space and each page's stored range is that of the chunk holding it.
+    /// address space and each page's stored range is that of the chunk holding it (for a zran
+    /// chunk: from its inflate context's start, where decoding must begin).
     chunks: Vec<crate::rafs::Chunk>,
 }
 
@@ -319,6 +320,7 @@ impl GroupMap {
         }
         let mut prev_end = 0u64;
         let mut prev_stored = 0u64;
+        let mut prev_fetch = 0u64;
         for (i, c) in chunks.iter().enumerate() {
             let bad = |msg: &str| BlobError::BadEntry { group: i as u32, msg: msg.into() };
             if c.uncompressed.start % 4096 != 0 || c.uncompressed.start < prev_end || c.uncompressed.end > uncompressed_size {
@@ -327,8 +329,14 @@ impl GroupMap {
             if c.uncompressed.is_empty() || c.stored.start < prev_stored || c.stored.end < c.stored.start {
                 return Err(bad("chunk stored range out of order"));
             }
+            // zran chunks are fetched from their inflate context's start: those starts must
+            // ascend too, so a run of pages maps to one ascending stored span.
+            if c.fetch_start() > c.stored.start || c.fetch_start() < prev_fetch {
+                return Err(bad("chunk fetch start out of order"));
+            }
             prev_end = c.uncompressed.end.next_multiple_of(4096);
             prev_stored = c.stored.end;
+            prev_fetch = c.fetch_start();
         }
         Ok(GroupMap { group_size_log2: 12, uncompressed_size, starts: Vec::new(), chunks })
     }
@@ -371,7 +379,7 @@ impl GroupMap {
             let at = (i as u64) << 12;
             let k = self.chunks.partition_point(|c| c.uncompressed.start <= at);
             return match k.checked_sub(1).map(|k| &self.chunks[k]) {
-                Some(c) if at < c.uncompressed.end => c.stored.clone(),
+                Some(c) if at < c.uncompressed.end => c.fetch_start()..c.stored.end,
                 // A hole (padding between chunks): nothing stored; an empty range where the
                 // previous chunk ends keeps stored ranges ascending.
                 Some(c) => c.stored.end..c.stored.end,
@@ -382,6 +390,24 @@ impl GroupMap {
             };
         }
         self.starts[i as usize]..self.starts[i as usize + 1]
+    }
+
+    /// Stored bytes to fetch to decode groups `first..=last` (inclusive). For an erofsd map or
+    /// plain nydus chunks that is `stored_range(first).start..stored_range(last).end`; a zran
+    /// chunk after a leading hole page needs its context's earlier input too, so in chunk mode
+    /// the span runs from the first touched chunk's fetch start to the last one's end.
+    pub fn span(&self, first: u32, last: u32) -> std::ops::Range<u64> {
+        let plain = self.stored_range(first).start..self.stored_range(last).end;
+        if !self.is_chunked() {
+            return plain;
+        }
+        let (lo, hi) = ((first as u64) << 12, (last as u64 + 1) << 12);
+        let k0 = self.chunks.partition_point(|c| c.uncompressed.end <= lo);
+        let k1 = self.chunks.partition_point(|c| c.uncompressed.start < hi);
+        if k0 >= k1 {
+            return plain; // only holes: nothing stored
+        }
+        self.chunks[k0].fetch_start().min(plain.start)..self.chunks[k1 - 1].stored.end.max(plain.end)
     }
 
     /// The groups covering `[offset, offset + len)` (len > 0) and their stored byte range.
@@ -403,7 +429,7 @@ impl GroupMap {
             return Ok(GroupRun {
                 first,
                 last,
-                stored: self.stored_range(first).start..self.stored_range(last).end,
+                stored: self.span(first, last),
                 uncompressed: self.group_range(first).start..self.group_range(last).end,
             });
         }

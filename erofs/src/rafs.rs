@@ -10,6 +10,9 @@
 
 use std::ops::Range;
 
+pub mod zran;
+pub use zran::{ZranContext, ZranRef, ZranTable};
+
 /// Compat bit nydus sets in the EROFS superblock of a RAFS v6 bootstrap.
 pub const RAFS_V6_COMPAT: u32 = 0x4000_0000;
 const SB_COMPAT_OFFSET: usize = 1024 + 8;
@@ -25,6 +28,9 @@ pub const MAX_CHUNK_SIZE: u64 = 16 << 20;
 pub const MAX_ADDRESS_SPACE: u64 = 1 << 40;
 /// Largest CI table we accept (16 M entries × 24 B would be 384 MiB; real ones are KBs–MBs).
 pub const MAX_CI_TABLE: u64 = 64 << 20;
+/// Largest zran CI table (entries + inflate contexts + their 32 KiB windows). nydus makes a
+/// context about every 0.5–1 MiB of gzip input, so this serves gzip layers up to ~2–4 GiB.
+pub const MAX_ZRAN_META: u64 = 128 << 20;
 
 // BlobFeatures bits (storage/src/device.rs).
 pub const FEATURE_ALIGNED: u32 = 0x1;
@@ -105,6 +111,11 @@ pub struct RafsBlob {
     pub ci_offset: u64,
     pub ci_compressed_size: u64,
     pub ci_uncompressed_size: u64,
+    /// ZRAN (SEPARATE) blobs: sha256 of the separate nydus blob holding the blob meta, which
+    /// is also that blob's id.
+    pub meta_digest: [u8; 32],
+    /// ZRAN (SEPARATE) blobs: size of that meta blob.
+    pub meta_size: u64,
 }
 
 impl RafsBlob {
@@ -129,6 +140,8 @@ impl RafsBlob {
             ci_offset: u64_at(e, 112),
             ci_compressed_size: u64_at(e, 120),
             ci_uncompressed_size: u64_at(e, 128),
+            meta_digest: e[168..200].try_into().expect("32 bytes"),
+            meta_size: u64_at(e, 200),
         };
         b.validate(slot)?;
         Ok(b)
@@ -153,11 +166,9 @@ impl RafsBlob {
             return Err(bad!("{ctx}: uncompressed size {} is not 4 KiB aligned", self.uncompressed_size));
         }
         let unsupported = [
-            (FEATURE_ZRAN, "zran (a gzip layer as data blob)"),
             (FEATURE_BATCH, "batch chunks"),
             (FEATURE_ENCRYPTED, "encrypted blobs"),
             (FEATURE_TARFS, "tarfs blobs"),
-            (FEATURE_SEPARATE, "separate blob meta"),
             (FEATURE_EXTERNAL, "external blobs"),
         ];
         for (bit, what) in unsupported {
@@ -165,18 +176,39 @@ impl RafsBlob {
                 return Err(RafsError::Unsupported(format!("{ctx}: {what}")));
             }
         }
-        if self.compressor == Compressor::Gzip {
-            return Err(RafsError::Unsupported(format!("{ctx}: gzip chunks")));
+        let zran = self.is_zran();
+        if self.features & FEATURE_SEPARATE != 0 && !zran {
+            return Err(RafsError::Unsupported(format!("{ctx}: separate blob meta without zran")));
+        }
+        if zran {
+            // The data blob is an original gzip layer; its index lives in a separate meta blob.
+            if self.features & FEATURE_SEPARATE == 0 {
+                return Err(RafsError::Unsupported(format!("{ctx}: zran blob without a separate meta blob")));
+            }
+            if self.compressor != Compressor::Gzip || self.features & FEATURE_CHUNK_INFO_V2 == 0 {
+                return Err(bad!("{ctx}: zran blob that is not gzip with v2 chunk infos"));
+            }
+            if self.meta_digest == [0u8; 32] {
+                return Err(bad!("{ctx}: zran blob without a meta blob digest"));
+            }
+            if self.meta_size > MAX_ZRAN_META + (16 << 20) {
+                return Err(bad!("{ctx}: meta blob of {} bytes over the limit", self.meta_size));
+            }
+        } else if self.compressor == Compressor::Gzip {
+            return Err(RafsError::Unsupported(format!("{ctx}: gzip chunks outside a zran blob")));
         }
         let entry = self.ci_entry_size();
-        if self.ci_uncompressed_size != self.chunk_count as u64 * entry {
+        let entries = self.chunk_count as u64 * entry;
+        // A zran CI table carries the inflate contexts and their windows after the entries.
+        if (!zran && self.ci_uncompressed_size != entries) || (zran && self.ci_uncompressed_size <= entries) {
             return Err(bad!(
                 "{ctx}: CI table of {} bytes for {} chunks of {entry}-byte entries",
                 self.ci_uncompressed_size,
                 self.chunk_count
             ));
         }
-        if self.ci_uncompressed_size > MAX_CI_TABLE || self.ci_compressed_size > MAX_CI_TABLE {
+        let limit = if zran { MAX_ZRAN_META } else { MAX_CI_TABLE };
+        if self.ci_uncompressed_size > limit || self.ci_compressed_size > limit {
             return Err(bad!("{ctx}: CI table sizes {}/{} over the limit", self.ci_compressed_size, self.ci_uncompressed_size));
         }
         if self.ci_compressor == Compressor::None && self.ci_compressed_size != self.ci_uncompressed_size {
@@ -187,10 +219,25 @@ impl RafsBlob {
             .checked_add(self.ci_compressed_size)
             .and_then(|e| e.checked_add(META_HEADER_SIZE))
             .ok_or_else(|| bad!("{ctx}: CI offset overflows"))?;
-        if meta_end > self.compressed_size {
-            return Err(bad!("{ctx}: blob meta ends at {meta_end}, past the blob's {} bytes", self.compressed_size));
+        let container = if zran { self.meta_size } else { self.compressed_size };
+        if meta_end > container {
+            return Err(bad!("{ctx}: blob meta ends at {meta_end}, past the {container} bytes of the blob holding it"));
         }
         Ok(())
+    }
+
+    /// True for a nydus "zran" blob: an original gzip layer indexed by inflate contexts.
+    pub fn is_zran(&self) -> bool {
+        self.features & FEATURE_ZRAN != 0
+    }
+
+    /// The separate blob holding this blob's meta (zran blobs): its id and size.
+    pub fn meta_blob(&self) -> Option<(String, u64)> {
+        if !self.is_zran() {
+            return None;
+        }
+        let id = self.meta_digest.iter().map(|b| format!("{b:02x}")).collect();
+        Some((id, self.meta_size))
     }
 
     pub fn ci_entry_size(&self) -> u64 {
@@ -208,6 +255,10 @@ impl RafsBlob {
 
     /// Chunk data lies before the blob meta (and its tar header, when the blob has them).
     pub fn data_end(&self) -> u64 {
+        if self.is_zran() {
+            // The whole gzip layer: its meta lives elsewhere.
+            return self.compressed_size;
+        }
         let hdr = if self.features & FEATURE_HAS_TAR_HEADER != 0 { 512 } else { 0 };
         self.ci_offset.saturating_sub(hdr)
     }
@@ -279,40 +330,92 @@ pub struct Chunk {
     pub compressed: bool,
     /// CRC32C of the uncompressed bytes, when the entry carries one (v2 HAS_CRC32).
     pub crc32c: Option<u32>,
+    /// zran blobs: where the chunk's bytes are in the output of one inflate context.
+    pub zran: Option<ZranRef>,
+}
+
+impl Chunk {
+    /// First stored byte a decode of this chunk needs: the chunk's own bytes, or for a zran
+    /// chunk the start of its inflate context (decoding resumes there).
+    pub fn fetch_start(&self) -> u64 {
+        self.zran.map_or(self.stored.start, |z| z.input_start)
+    }
+}
+
+/// Everything the blob meta says about a blob's chunks.
+#[derive(Debug)]
+pub struct BlobMeta {
+    pub chunks: Vec<Chunk>,
+    /// zran blobs only: the inflate contexts and windows chunks are decoded from.
+    pub zran: Option<ZranTable>,
+}
+
+/// Parses a decoded blob meta table (`table`, `ci_uncompressed_size` bytes) with its 4 KiB
+/// header (already checked by [`check_meta_header`]): the chunks and, for a zran blob, its
+/// inflate contexts, each chunk checked against them.
+pub fn parse_blob_meta(blob: &RafsBlob, header: &[u8], table: &[u8]) -> Result<BlobMeta, RafsError> {
+    if !blob.is_zran() {
+        return Ok(BlobMeta { chunks: parse_chunks(blob, table, None)?, zran: None });
+    }
+    let zt = ZranTable::parse(blob, header, table)?;
+    let chunks = parse_chunks(blob, table, Some(&zt))?;
+    Ok(BlobMeta { chunks, zran: Some(zt) })
 }
 
 /// Decodes the CI table (already decompressed, `blob.ci_uncompressed_size` bytes) into chunks,
 /// checking every chunk against the blob: inside its address space and data area, no overlap,
 /// sizes within the chunk size, compressed chunks smaller than... well, bounded.
 pub fn parse_chunk_infos(blob: &RafsBlob, table: &[u8]) -> Result<Vec<Chunk>, RafsError> {
+    if blob.is_zran() {
+        return Err(bad!("a zran blob's chunks need its inflate contexts (parse_blob_meta)"));
+    }
+    parse_chunks(blob, table, None)
+}
+
+fn parse_chunks(blob: &RafsBlob, table: &[u8], zran: Option<&ZranTable>) -> Result<Vec<Chunk>, RafsError> {
     let entry = blob.ci_entry_size() as usize;
     if table.len() as u64 != blob.ci_uncompressed_size {
         return Err(bad!("CI table is {} bytes, want {}", table.len(), blob.ci_uncompressed_size));
     }
+    let entries = &table[..blob.chunk_count as usize * entry];
     let v2 = entry == 24;
     let data_end = blob.data_end();
     let mut out: Vec<Chunk> = Vec::with_capacity(blob.chunk_count as usize);
-    for (i, e) in table.chunks_exact(entry).enumerate() {
+    for (i, e) in entries.chunks_exact(entry).enumerate() {
         let (u, c) = (u64_at(e, 0), u64_at(e, 8));
-        let (uoff, usize_, coff, csize, compressed, crc) = if v2 {
+        let (uoff, usize_, coff, csize, compressed, crc, is_zran) = if v2 {
             let flags = (u >> 56) as u8;
-            if flags & 0x0E != 0 {
-                return Err(RafsError::Unsupported(format!("chunk {i}: zran/batch/encrypted flags {flags:#x}")));
+            if flags & 0x0C != 0 {
+                return Err(RafsError::Unsupported(format!("chunk {i}: batch/encrypted flags {flags:#x}")));
             }
             let crc = (flags & 0x10 != 0).then_some(u64_at(e, 16) as u32);
-            ((u & 0xFFFF_FFFF) << 12, ((u >> 32) & 0xFF_FFFF) + 1, c & 0xFF_FFFF_FFFF, c >> 40, flags & 0x01 != 0, crc)
+            let uoff = (u & 0xFFFF_FFFF) << 12;
+            (uoff, ((u >> 32) & 0xFF_FFFF) + 1, c & 0xFF_FFFF_FFFF, c >> 40, flags & 0x01 != 0, crc, flags & 0x02 != 0)
         } else {
             let uoff = u & 0x0FFF_FFFF_F000;
             let usz = ((u >> 44) | (((u >> 8) & 0xF) << 20)) + 1;
             let coff = c & 0xFF_FFFF_FFFF;
             let csz = ((c >> 44) | (((c >> 40) & 0xF) << 20)) + 1;
-            (uoff, usz, coff, csz, csz != usz, None)
+            (uoff, usz, coff, csz, csz != usz, None, false)
         };
         let ctx = || format!("chunk {i} (uncompressed {uoff}+{usize_}, stored {coff}+{csize})");
         if !uoff.is_multiple_of(4096) {
             return Err(bad!("{}: offset not 4 KiB aligned", ctx()));
         }
-        if usize_ > blob.chunk_size as u64 || csize > MAX_CHUNK_SIZE || csize == 0 {
+        let zref = match (zran, is_zran) {
+            (None, false) => None,
+            (Some(zt), true) if compressed => Some(zt.resolve(i, u64_at(e, 16), coff..coff.saturating_add(csize), usize_)?),
+            (None, true) => return Err(bad!("{}: zran chunk in a blob that is not zran", ctx())),
+            (Some(_), _) => return Err(bad!("{}: chunk of a zran blob without the zran and compressed flags", ctx())),
+        };
+        // A zran chunk's stored bytes are the stretch of the gzip stream its output came from
+        // (possibly none: inflate may have read them ahead); a gzip'd chunk can exceed its size.
+        let size_ok = if zref.is_some() {
+            usize_ <= blob.chunk_size as u64 && csize <= zran::MAX_CONTEXT_INPUT
+        } else {
+            usize_ <= blob.chunk_size as u64 && csize <= MAX_CHUNK_SIZE && csize != 0
+        };
+        if !size_ok {
             return Err(bad!("{}: size over the {}-byte chunk size", ctx(), blob.chunk_size));
         }
         if !compressed && csize != usize_ {
@@ -335,8 +438,14 @@ pub fn parse_chunk_infos(blob: &RafsBlob, table: &[u8]) -> Result<Vec<Chunk>, Ra
             if coff < prev.stored.end {
                 return Err(RafsError::Unsupported(format!("{}: stored chunks out of order or shared", ctx())));
             }
+            if let (Some(a), Some(b)) = (prev.zran, zref) {
+                // Contexts are in stream order, so decoding a run of chunks never goes back.
+                if b.context < a.context {
+                    return Err(bad!("{}: inflate context {} after chunk {} used context {}", ctx(), b.context, i - 1, a.context));
+                }
+            }
         }
-        out.push(Chunk { uncompressed: uoff..uoff + usize_, stored: coff..coff + csize, compressed, crc32c: crc });
+        out.push(Chunk { uncompressed: uoff..uoff + usize_, stored: coff..coff + csize, compressed, crc32c: crc, zran: zref });
     }
     Ok(out)
 }
