@@ -148,14 +148,27 @@ async fn proxy_url_carries_every_request_and_its_extras_are_warned_about() {
     check(&src, &id, &data).await;
     assert!(proxy.http_requests.load(Ordering::Relaxed) >= 1, "requests went around the proxy");
 
-    // nydusd's default fallback (and a health check) are named, not silently dropped; with the
-    // proxy dead nothing bypasses it.
+    // A dead proxy: with fallback (nydusd's default) each request goes directly to the
+    // registry instead; the health check it comes with in nydusd is named in a warning.
     let dead = json!({"host": host_of(&reg.url), "repo": REPO, "scheme": "http", "retry_limit": 0,
                       "proxy": {"url": "http://127.0.0.1:1", "fallback": true, "ping_url": "http://127.0.0.1:1/ping", "check_interval": 5}});
     let (_, warnings) = registry_config(&dead).unwrap();
-    assert!(warnings.iter().any(|w| w.contains("proxy.fallback")), "{warnings:?}");
-    assert!(warnings.iter().any(|w| w.contains("proxy.ping_url")), "{warnings:?}");
-    assert!(bind_source(dead).unwrap().read_range(&id, 0, 10).await.is_err());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("proxy.ping_url"), "{warnings:?}");
+    let src = bind_source(dead.clone()).unwrap();
+    assert!(src.describe().contains("direct fallback"), "{}", src.describe());
+    check(&src, &id, &data).await;
+    // Without fallback nothing bypasses the proxy.
+    let mut strict = dead;
+    strict["proxy"]["fallback"] = json!(false);
+    assert!(bind_source(strict).unwrap().read_range(&id, 0, 10).await.is_err());
+
+    // A proxy answering 5xx (a fault front standing in for a failing dfdaemon) falls back too.
+    let front = FaultFront::start(([127, 0, 0, 1], 1).into()).await;
+    front.set_always(Some(Fault::Status(502)));
+    let bad = json!({"host": host_of(&reg.url), "repo": REPO, "scheme": "http", "retry_limit": 0, "proxy": {"url": front.url(), "fallback": true}});
+    check(&bind_source(bad).unwrap(), &id, &data).await;
+    assert!(front.count() >= 1, "the proxy was asked first");
 }
 
 /// A `localfs` backend: `dir` is honoured (blobs named by id there).

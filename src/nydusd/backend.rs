@@ -262,13 +262,15 @@ pub fn registry_config(bc: &Value) -> Result<(RegistryConfig, Vec<String>)> {
             bail!("backend_config.proxy.url {url:?} must be an http(s)://host[:port] URL");
         }
         cfg.transport.proxy = Some(url.trim().to_string());
-        // nydusd's proxy extras: a health check, direct fallback and scheme rewriting.
-        if proxy.bool("fallback")?.unwrap_or(true) {
-            warnings.push("backend_config.proxy.fallback is not honoured: requests that fail through the proxy are retried through it, never sent directly".into());
-        }
+        // nydusd's default is to fall back; its fallback follows a health check, ours is per
+        // request (a request the proxy fails is sent once more directly).
+        cfg.transport.proxy_fallback = proxy.bool("fallback")?.unwrap_or(true);
         if proxy.str("ping_url")?.is_some() {
             let _ = proxy.uint("check_interval", u64::MAX)?;
-            warnings.push("backend_config.proxy.ping_url (and check_interval) is not honoured: the proxy is not health-checked".into());
+            warnings.push(format!(
+                "backend_config.proxy.ping_url (and check_interval) is not honoured: the proxy is not health-checked{}",
+                if cfg.transport.proxy_fallback { "; each request it fails is sent once more directly" } else { "" }
+            ));
         }
         if proxy.bool("use_http")?.unwrap_or(false) {
             warnings.push("backend_config.proxy.use_http is not honoured: requests keep the registry's scheme".into());
@@ -361,6 +363,7 @@ mod tests {
         assert_eq!(c.transport.connect_timeout, Duration::from_secs(3));
         assert_eq!(c.retry.attempts, 3);
         assert_eq!(c.transport.proxy.as_deref(), Some("http://127.0.0.1:65001"));
+        assert!(!c.transport.proxy_fallback);
         assert!(!format!("{c:?}").contains("tok\""), "token in Debug: {c:?}");
 
         // Defaults: https, anonymous, our own timeouts and retries, no proxy.
@@ -384,10 +387,13 @@ mod tests {
             "shiny_new_option": "x",
         }))
         .unwrap();
-        for k in ["blob_url_scheme", "blob_redirected_host", "mirrors", "proxy.fallback", "proxy.ping_url", "proxy.use_http", "proxy.weird", "shiny_new_option"] {
+        for k in ["blob_url_scheme", "blob_redirected_host", "mirrors", "proxy.ping_url", "proxy.use_http", "proxy.weird", "shiny_new_option"] {
             assert_eq!(w.iter().filter(|m| m.contains(&format!("backend_config.{k} "))).count(), 1, "{k}: {w:?}");
         }
-        assert_eq!(w.len(), 8, "{w:?}");
+        assert_eq!(w.len(), 7, "{w:?}");
+        // proxy.fallback is honoured, nydusd's default (true) when absent.
+        let (c, _) = reg(json!({"host": "h", "repo": "a", "proxy": {"url": "http://p:1"}})).unwrap();
+        assert!(c.transport.proxy_fallback);
         // Without a proxy url its extras are moot: no warning.
         assert!(reg(json!({"host": "h", "repo": "a", "proxy": {"fallback": true, "check_interval": 5}})).unwrap().1.is_empty());
     }

@@ -27,6 +27,9 @@ pub struct TransportOptions {
     /// direct connection: proxy environment variables are deliberately ignored, so a daemon's
     /// behaviour depends only on its configuration.
     pub proxy: Option<String>,
+    /// With a proxy: a request the proxy fails (connection trouble or a 5xx) is sent once more
+    /// directly to the registry (nydus's `proxy.fallback`). Never for push sessions.
+    pub proxy_fallback: bool,
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of an answer (headers or body).
     pub read_timeout: Duration,
@@ -41,6 +44,7 @@ impl Default for TransportOptions {
             extra_ca_files: Vec::new(),
             insecure_skip_verify: false,
             proxy: None,
+            proxy_fallback: false,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(600),
@@ -234,6 +238,10 @@ struct Presented {
 /// One registry repository: the client plus its authentication state.
 pub struct Session {
     pub http: reqwest::Client,
+    /// The proxy-less client a failed proxied request falls back to (`proxy_fallback`).
+    direct: Option<reqwest::Client>,
+    /// Requests that fell back (the first and every power of two are logged as warnings).
+    pub fallbacks: AtomicU64,
     pub repository: String,
     credentials: Credentials,
     state: Mutex<AuthState>,
@@ -251,6 +259,8 @@ impl Session {
     pub fn new(http: reqwest::Client, repository: String, credentials: Credentials) -> Session {
         Session {
             http,
+            direct: None,
+            fallbacks: AtomicU64::new(0),
             repository,
             credentials,
             state: Mutex::new(AuthState::default()),
@@ -270,8 +280,46 @@ impl Session {
     }
 
     /// Makes this a push session: tokens are requested with `repository:<repo>:pull,push`.
+    /// Uploads never fall back around a proxy.
     pub fn set_push(&mut self) {
         self.push = true;
+        self.direct = None;
+    }
+
+    /// Requests the proxy fails are sent once more through `direct` (a client without proxy).
+    pub fn set_direct_fallback(&mut self, direct: reqwest::Client) {
+        if !self.push {
+            self.direct = Some(direct);
+        }
+    }
+
+    /// Sends one request (with `auth` as its Authorization) through the configured client;
+    /// with a direct fallback, a transport failure or 5xx through the proxy is sent once more
+    /// directly.
+    async fn dispatch<F>(&self, what: &str, build: &F, auth: Option<&str>) -> Result<Response, Failure>
+    where
+        F: Fn(&reqwest::Client) -> RequestBuilder,
+    {
+        let request = |c: &reqwest::Client| match auth {
+            Some(h) => build(c).header(AUTHORIZATION, h),
+            None => build(c),
+        };
+        let first = request(&self.http).send().await;
+        let Some(direct) = &self.direct else { return first.map_err(|e| transport_failure(what, e)) };
+        let why = match first {
+            Ok(r) if !r.status().is_server_error() => return Ok(r),
+            Ok(r) => format!("the proxy answered {}", r.status()),
+            Err(e) => match transport_failure(what, e) {
+                Failure::Retry(e, _) | Failure::Final(e) => e.to_string(),
+            },
+        };
+        let n = self.fallbacks.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            warn!("{what}: {why}; sent directly to the registry instead (proxy fallback, {n} so far)");
+        } else {
+            debug!("{what}: {why}; sent directly (proxy fallback)");
+        }
+        request(direct).send().await.map_err(|e| transport_failure(what, e))
     }
 
     /// Sends a request built by `build`, authenticated; on a 401 re-authenticates once and
@@ -285,11 +333,7 @@ impl Session {
         let (mut probed, mut refreshed) = (false, false);
         loop {
             let presented = self.present().await?;
-            let mut rb = build(&self.http);
-            if let Some(h) = &presented.header {
-                rb = rb.header(AUTHORIZATION, h);
-            }
-            let resp = rb.send().await.map_err(|e| transport_failure(what, e))?;
+            let resp = self.dispatch(what, &build, presented.header.as_deref()).await?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
@@ -407,11 +451,8 @@ impl Session {
             q.append_pair("scope", scope);
         }
         let what = format!("token from {}", url.origin().ascii_serialization());
-        let mut rb = self.http.get(url.clone());
-        if let Some(h) = self.credentials.basic_header() {
-            rb = rb.header(AUTHORIZATION, h);
-        }
-        let resp = rb.send().await.map_err(|e| transport_failure(&what, e))?;
+        let basic = self.credentials.basic_header();
+        let resp = self.dispatch(&what, &|c: &reqwest::Client| c.get(url.clone()), basic.as_deref()).await?;
         if !resp.status().is_success() {
             return Err(match status_failure(&what, resp).await {
                 Failure::Final(e) if e.kind() == io::ErrorKind::PermissionDenied => Failure::Final(io::Error::new(

@@ -143,13 +143,19 @@ impl RegistrySource {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid repository name {:?}", cfg.repository)));
         }
         let http = client::build_http(&cfg.transport)?;
+        let fallback = cfg.transport.proxy.is_some() && cfg.transport.proxy_fallback;
         let describe = format!(
-            "registry {}{}{}",
+            "registry {}{}{}{}",
             base.as_str(),
             cfg.repository,
-            cfg.transport.proxy.as_deref().map(|p| format!(" via proxy {p}")).unwrap_or_default()
+            cfg.transport.proxy.as_deref().map(|p| format!(" via proxy {p}")).unwrap_or_default(),
+            if fallback { " (direct fallback)" } else { "" }
         );
         let mut session = Session::new(http, cfg.repository.clone(), cfg.credentials);
+        if fallback {
+            let direct = TransportOptions { proxy: None, ..cfg.transport.clone() };
+            session.set_direct_fallback(client::build_http(&direct)?);
+        }
         if let Some(t) = cfg.static_token {
             session.set_static_token(t);
         }
