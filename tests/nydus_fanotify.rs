@@ -83,6 +83,13 @@ fn nydus_targz_rafs_byte_exact() {
     serve_fixture("nydus_targz_rafs_byte_exact", "targz-rafs");
 }
 
+/// zran: the data blob is the original gzip layer (`tree.tar.gz` itself); chunks are decoded
+/// by resuming inflate at the contexts in the separate meta blob.
+#[test]
+fn nydus_targz_ref_byte_exact() {
+    serve_fixture("nydus_targz_ref_byte_exact", "targz-ref");
+}
+
 /// A 100-byte read in the middle of a 2.5 MB incompressible file (three 1 MiB chunks) fetches
 /// and decodes only the chunk it touches, and returns the right bytes.
 #[test]

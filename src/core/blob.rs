@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use erofs::blob::{BlobError, BlobRecord, GroupDecoder, GroupMap};
-use erofs::rafs::{decode_chunk, Chunk, Compressor, RafsBlob};
+use erofs::rafs::{decode_chunk, BlobMeta, Compressor, RafsBlob, ZranTable};
 
 use super::aligned::AlignedBuf;
 use super::source::SharedSource;
+use super::zran::ZranDecoder;
 
 /// Why a fill failed. Every variant ends as EIO for the reader; the text goes to the log.
 #[derive(Debug, thiserror::Error)]
@@ -49,17 +50,20 @@ pub struct Blob {
     /// nydus blobs only: how compressed chunks are compressed. `None` for an erofsd blob.
     /// (A nydus blob's `record` carries its id and sizes only; its map is chunk mode.)
     pub chunk_compressor: Option<Compressor>,
+    /// nydus zran blobs: the inflate contexts their chunks are decoded from.
+    pub zran: Option<ZranTable>,
 }
 
 impl Blob {
     pub fn new(record: BlobRecord, source: SharedSource) -> Result<Arc<Blob>, BlobError> {
         let map = GroupMap::new(&record)?;
         let id = record.id_hex();
-        Ok(Arc::new(Blob { record, id, map, source, stats: BlobStats::default(), chunk_compressor: None }))
+        Ok(Arc::new(Blob { record, id, map, source, stats: BlobStats::default(), chunk_compressor: None, zran: None }))
     }
 
-    /// A nydus RAFS v6 data blob: `chunks` from its blob meta (see `images::load_rafs_blob`).
-    pub fn new_nydus(rb: &RafsBlob, chunks: Vec<Chunk>, source: SharedSource) -> Result<Arc<Blob>, BlobError> {
+    /// A nydus RAFS v6 data blob: chunks (and zran contexts) from its blob meta (see
+    /// `images::load_rafs_blobs`).
+    pub fn new_nydus(rb: &RafsBlob, meta: BlobMeta, source: SharedSource) -> Result<Arc<Blob>, BlobError> {
         let mut id = [0u8; 32];
         for (i, b) in id.iter_mut().enumerate() {
             *b = u8::from_str_radix(&rb.id[2 * i..2 * i + 2], 16).map_err(|_| BlobError::BadTable("blob id is not hex".into()))?;
@@ -72,7 +76,7 @@ impl Blob {
             group_size_log2: 12,
             groups: Vec::new(),
         };
-        let map = GroupMap::chunked(rb.uncompressed_size, chunks)?;
+        let map = GroupMap::chunked(rb.uncompressed_size, meta.chunks)?;
         Ok(Arc::new(Blob {
             record,
             id: rb.id.clone(),
@@ -80,6 +84,7 @@ impl Blob {
             source,
             stats: BlobStats::default(),
             chunk_compressor: Some(rb.compressor),
+            zran: meta.zran,
         }))
     }
 
@@ -103,7 +108,7 @@ impl Blob {
         last: u32,
         wanted: Arc<dyn Fn(u32) -> bool + Send + Sync>,
     ) -> Result<Vec<(u32, AlignedBuf)>, FetchError> {
-        let stored_range = self.map.stored_range(first).start..self.map.stored_range(last).end;
+        let stored_range = self.map.span(first, last);
         if stored_range.is_empty() {
             // Only holes of a nydus blob: nothing stored to fetch.
             let this = self.clone();
@@ -178,6 +183,7 @@ impl Blob {
     ) -> Result<Vec<(u32, AlignedBuf)>, FetchError> {
         let mut out = Vec::new();
         let mut current: Option<(u64, Vec<u8>)> = None; // (chunk start, decoded bytes)
+        let mut zran: Option<ZranDecoder> = None; // made on the first zran chunk
         for g in (first..=last).filter(|&g| wanted(g)) {
             let ur = self.map.group_range(g);
             let mut buf = AlignedBuf::zeroed((ur.end - ur.start) as usize);
@@ -190,15 +196,23 @@ impl Blob {
                             source: BlobError::Decompress { group: g, msg: format!("chunk at {}: {msg}", c.uncompressed.start) },
                         }
                     };
-                    let piece = c
-                        .stored
-                        .start
-                        .checked_sub(base)
-                        .map(|s| s as usize..(c.stored.end - base) as usize)
-                        .filter(|r| r.end <= stored.len())
-                        .ok_or_else(|| fail("stored bytes outside the fetched span".into()))?;
                     let mut plain = vec![0u8; (c.uncompressed.end - c.uncompressed.start) as usize];
-                    decode_chunk(compressor, c, &stored[piece], &mut plain).map_err(fail)?;
+                    if let (Some(table), Some(_)) = (&self.zran, c.zran) {
+                        let dec = match &mut zran {
+                            Some(d) => d,
+                            None => zran.insert(ZranDecoder::new().map_err(&fail)?),
+                        };
+                        dec.decode(table, c, base, stored, &mut plain).map_err(&fail)?;
+                    } else {
+                        let piece = c
+                            .stored
+                            .start
+                            .checked_sub(base)
+                            .map(|s| s as usize..(c.stored.end - base) as usize)
+                            .filter(|r| r.end <= stored.len())
+                            .ok_or_else(|| fail("stored bytes outside the fetched span".into()))?;
+                        decode_chunk(compressor, c, &stored[piece], &mut plain).map_err(&fail)?;
+                    }
                     self.stats.groups.fetch_add(1, Ordering::Relaxed);
                     current = Some((c.uncompressed.start, plain));
                 }

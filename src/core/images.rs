@@ -146,8 +146,9 @@ impl ImageStore {
     }
 
     /// Resolves the device slots of a nydus RAFS v6 bootstrap to blobs: parses its blob table,
-    /// reads each blob's meta (CI table + header, at `ci_offset` inside the blob) through
-    /// `source` and checks it, so every chunk offset the fill engine later uses is trusted.
+    /// reads each blob's meta (CI table + header, at `ci_offset` inside the blob, or for a zran
+    /// blob inside the separate meta blob the table names) through `source` and checks it, so
+    /// every chunk offset the fill engine later uses is trusted.
     fn load_rafs_blobs(&self, boot: &[u8], devices: &[erofs::ondisk::DeviceSlot], source: &SharedSource) -> Result<Vec<Arc<Blob>>> {
         let table = erofs::rafs::parse_blob_table(boot, devices.len())?;
         let mut blobs = Vec::with_capacity(table.len());
@@ -165,13 +166,26 @@ impl ImageStore {
                 blobs.push(b);
                 continue;
             }
-            let meta = read_blocking(source, &rb.id, rb.meta_range())
-                .with_context(|| format!("reading the blob meta of {}", rb.id))?;
+            let meta = match rb.meta_blob() {
+                None => read_blocking(source, &rb.id, rb.meta_range()).with_context(|| format!("reading the blob meta of {}", rb.id))?,
+                Some((meta_id, meta_size)) => {
+                    // zran: the data blob is the gzip layer; its meta is a separate nydus blob,
+                    // read whole (it is small) and checked against its id before it is trusted.
+                    let whole = read_blocking(source, &meta_id, 0..meta_size)
+                        .with_context(|| format!("reading meta blob {meta_id} of zran blob {}", rb.id))?;
+                    let got = hex::encode(Sha256::digest(&whole));
+                    if got != meta_id {
+                        bail!("meta blob {meta_id} of zran blob {} has sha256 {got}", rb.id);
+                    }
+                    let r = rb.meta_range();
+                    whole[r.start as usize..r.end as usize].to_vec()
+                }
+            };
             let (ci, header) = meta.split_at(rb.ci_compressed_size as usize);
             erofs::rafs::check_meta_header(rb, header)?;
             let table = erofs::rafs::decode_ci_table(rb, ci)?;
-            let chunks = erofs::rafs::parse_chunk_infos(rb, &table)?;
-            let b = Blob::new_nydus(rb, chunks, source.clone()).with_context(|| format!("blob {}", rb.id))?;
+            let parsed = erofs::rafs::parse_blob_meta(rb, header, &table)?;
+            let b = Blob::new_nydus(rb, parsed, source.clone()).with_context(|| format!("blob {}", rb.id))?;
             self.blobs.lock().expect("blob map lock").insert(rb.id.clone(), Arc::downgrade(&b));
             blobs.push(b);
         }

@@ -11,7 +11,8 @@
 //! * [`trace`] — the order groups were first needed, recorded per target, saved per image;
 //! * [`readiness`] — which groups a target already holds, rebuilt from the file itself;
 //! * [`writer`] — io_uring (or pwrite) writes into targets;
-//! * [`aligned`] — page-aligned buffers (cachefiles writes with O_DIRECT).
+//! * [`aligned`] — page-aligned buffers (cachefiles writes with O_DIRECT);
+//! * [`zran`] — decoding nydus zran chunks (resumed inflate of an original gzip layer).
 
 pub mod aligned;
 pub mod blob;
@@ -24,3 +25,4 @@ pub mod registry;
 pub mod source;
 pub mod trace;
 pub mod writer;
+pub mod zran;
