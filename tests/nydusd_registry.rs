@@ -182,3 +182,36 @@ async fn localfs_dir_serves_bytes() {
     let src = source_for(Path::new("/nonexistent/image.boot"), &cfg).unwrap().expect("a source");
     check(&src, &id, &data).await;
 }
+
+/// `blob_url_scheme` / `blob_redirected_host`: the registry (a front standing in for one that
+/// sends blobs elsewhere) redirects every blob request to `https://blob.invalid:PORT/…`, which
+/// cannot be reached; rewritten to `http://127.0.0.1:PORT` (the real registry) the bytes arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_redirects_are_rewritten_to_the_configured_scheme_and_host() {
+    if !require_registry("blob_redirects_are_rewritten_to_the_configured_scheme_and_host") {
+        return;
+    }
+    let reg = Registry::start("", None);
+    let data = test_bytes(140_000, 26);
+    let id = push_blob(&push_client(None), &reg.url, REPO, &data, None).await;
+    let front = FaultFront::start(([127, 0, 0, 1], reg.port).into()).await;
+    front.set_always(Some(Fault::Redirect(format!("https://blob.invalid:{}", reg.port))));
+    let bc = |extra: Value| {
+        let mut v = json!({"host": host_of(&front.url()), "repo": REPO, "scheme": "http", "retry_limit": 0});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let (_, warnings) = registry_config(&bc(json!({"blob_url_scheme": "http", "blob_redirected_host": "127.0.0.1"}))).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let src = bind_source(bc(json!({"blob_url_scheme": "http", "blob_redirected_host": "127.0.0.1"}))).unwrap();
+    check(&src, &id, &data).await;
+    assert!(front.count() >= 4, "every read was redirected by the front");
+    // host:port form too.
+    let src = bind_source(bc(json!({"blob_url_scheme": "http", "blob_redirected_host": format!("127.0.0.1:{}", reg.port)}))).unwrap();
+    assert_eq!(src.read_range(&id, 10, 10).await.unwrap(), &data[10..20]);
+    // The redirect as sent cannot be followed; half the rewrite is not enough either.
+    for extra in [json!({}), json!({"blob_redirected_host": "127.0.0.1"}), json!({"blob_url_scheme": "http"})] {
+        let e = bind_source(bc(extra.clone())).unwrap().read_range(&id, 0, 10).await;
+        assert!(e.is_err(), "{extra}: the redirect was followed without its rewrite");
+    }
+}

@@ -25,7 +25,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::core::registry::{Credentials, RegistryConfig, RegistrySource, StaticToken};
+use crate::core::registry::{Credentials, RedirectRewrite, RegistryConfig, RegistrySource, StaticToken};
 use crate::core::source::{LocalDirSource, SharedSource};
 
 /// Longest timeout accepted from a config (nydusd takes any u32; a day is already absurd).
@@ -198,13 +198,22 @@ fn is_zero(v: &Value) -> bool {
 }
 
 /// Registry fields we map, and fields we know but cannot honour (with why).
-const REGISTRY_HONOURED: &[&str] =
-    &["scheme", "host", "repo", "auth", "registry_token", "skip_verify", "ca_cert_files", "timeout", "connect_timeout", "retry_limit", "proxy"];
-const REGISTRY_NOT_HONOURED: &[(&str, &str)] = &[
-    ("blob_url_scheme", "redirected blob URLs are followed as the registry sends them"),
-    ("blob_redirected_host", "redirected blob URLs are followed as the registry sends them"),
-    ("mirrors", "no registry mirrors: blobs come from `host` (or through `proxy.url`)"),
+const REGISTRY_HONOURED: &[&str] = &[
+    "scheme",
+    "host",
+    "repo",
+    "auth",
+    "registry_token",
+    "skip_verify",
+    "ca_cert_files",
+    "timeout",
+    "connect_timeout",
+    "retry_limit",
+    "proxy",
+    "blob_url_scheme",
+    "blob_redirected_host",
 ];
+const REGISTRY_NOT_HONOURED: &[(&str, &str)] = &[("mirrors", "no registry mirrors: blobs come from `host` (or through `proxy.url`)")];
 
 /// Maps nydus's registry backend config onto our client's [`RegistryConfig`]; returns it and
 /// one warning per field that was set but is not honoured.
@@ -253,6 +262,18 @@ pub fn registry_config(bc: &Value) -> Result<(RegistryConfig, Vec<String>)> {
     if let Some(n) = f.uint("retry_limit", u8::MAX as u64)? {
         cfg.retry.attempts = n as u32 + 1;
     }
+
+    let redirect = RedirectRewrite {
+        scheme: f.str("blob_url_scheme")?.map(|s| s.trim().to_ascii_lowercase()),
+        host: f.str("blob_redirected_host")?.map(|s| s.trim().to_string()),
+    };
+    if let Some(s) = redirect.scheme.as_deref().filter(|s| !matches!(*s, "http" | "https")) {
+        bail!("backend_config.blob_url_scheme {s:?} must be \"http\" or \"https\"");
+    }
+    if redirect.check().is_err() {
+        bail!("backend_config.blob_redirected_host {:?} must be a host or host:port", redirect.host.as_deref().unwrap_or(""));
+    }
+    cfg.blob_redirect = redirect;
 
     let proxy_v = f.get("proxy").cloned().unwrap_or(Value::Null);
     let proxy = Fields::new("backend_config.proxy", &proxy_v)?;
@@ -348,7 +369,8 @@ mod tests {
             "registry_token": "tok", "skip_verify": true, "ca_cert_files": ["/etc/ca.pem"],
             "timeout": 7, "connect_timeout": 3, "retry_limit": 2,
             "proxy": {"url": "http://127.0.0.1:65001", "fallback": false},
-            "readahead": false, "readahead_sec": 0, "blob_url_scheme": "", "mirrors": [],
+            "blob_url_scheme": "http", "blob_redirected_host": "p2p.example:65001",
+            "readahead": false, "readahead_sec": 0, "mirrors": [],
         }))
         .unwrap();
         assert!(w.is_empty(), "{w:?}");
@@ -364,6 +386,7 @@ mod tests {
         assert_eq!(c.retry.attempts, 3);
         assert_eq!(c.transport.proxy.as_deref(), Some("http://127.0.0.1:65001"));
         assert!(!c.transport.proxy_fallback);
+        assert_eq!(c.blob_redirect, RedirectRewrite { scheme: Some("http".into()), host: Some("p2p.example:65001".into()) });
         assert!(!format!("{c:?}").contains("tok\""), "token in Debug: {c:?}");
 
         // Defaults: https, anonymous, our own timeouts and retries, no proxy.
@@ -381,16 +404,16 @@ mod tests {
     #[test]
     fn fields_not_honoured_are_each_named_once() {
         let (_, w) = reg(json!({
-            "host": "h", "repo": "a", "blob_url_scheme": "http", "blob_redirected_host": "b.example",
+            "host": "h", "repo": "a",
             "mirrors": [{"host": "http://m:65001", "headers": {"X-Dragonfly-Registry": "https://h"}}],
             "proxy": {"url": "http://p:65001", "fallback": true, "ping_url": "http://p:40901/server/ping", "check_interval": 5, "use_http": true, "weird": 1},
             "shiny_new_option": "x",
         }))
         .unwrap();
-        for k in ["blob_url_scheme", "blob_redirected_host", "mirrors", "proxy.ping_url", "proxy.use_http", "proxy.weird", "shiny_new_option"] {
+        for k in ["mirrors", "proxy.ping_url", "proxy.use_http", "proxy.weird", "shiny_new_option"] {
             assert_eq!(w.iter().filter(|m| m.contains(&format!("backend_config.{k} "))).count(), 1, "{k}: {w:?}");
         }
-        assert_eq!(w.len(), 7, "{w:?}");
+        assert_eq!(w.len(), 5, "{w:?}");
         // proxy.fallback is honoured, nydusd's default (true) when absent.
         let (c, _) = reg(json!({"host": "h", "repo": "a", "proxy": {"url": "http://p:1"}})).unwrap();
         assert!(c.transport.proxy_fallback);
@@ -418,6 +441,9 @@ mod tests {
             (json!({"host": "h", "repo": "a", "proxy": {"url": "socks5://p:1"}}), "backend_config.proxy.url"),
             (json!({"host": "h", "repo": "a", "proxy": {"fallback": "no"}}), "backend_config.proxy.fallback"),
             (json!({"host": "h", "repo": "a", "scheme": "ftp"}), "backend_config.scheme"),
+            (json!({"host": "h", "repo": "a", "blob_url_scheme": "ftp"}), "backend_config.blob_url_scheme"),
+            (json!({"host": "h", "repo": "a", "blob_redirected_host": "a b"}), "backend_config.blob_redirected_host"),
+            (json!({"host": "h", "repo": "a", "blob_redirected_host": "h:99999"}), "backend_config.blob_redirected_host"),
             (json!({"host": "https://h", "repo": "a"}), "host[:port]"),
             (json!({"host": "h/x", "repo": "a"}), "host[:port]"),
             (json!({"host": "h"}), "backend_config.repo is missing"),

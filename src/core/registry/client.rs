@@ -30,6 +30,8 @@ pub struct TransportOptions {
     /// With a proxy: a request the proxy fails (connection trouble or a 5xx) is sent once more
     /// directly to the registry (nydus's `proxy.fallback`). Never for push sessions.
     pub proxy_fallback: bool,
+    /// Redirects are handed back to the caller instead of followed (for `RedirectRewrite`).
+    pub manual_redirects: bool,
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of an answer (headers or body).
     pub read_timeout: Duration,
@@ -45,6 +47,7 @@ impl Default for TransportOptions {
             insecure_skip_verify: false,
             proxy: None,
             proxy_fallback: false,
+            manual_redirects: false,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(600),
@@ -163,7 +166,7 @@ pub fn build_http(opts: &TransportOptions) -> io::Result<reqwest::Client> {
         .pool_idle_timeout(Duration::from_secs(60))
         // Redirects (a registry sending blobs to object storage) are followed; reqwest drops
         // the Authorization header when the redirect leaves the registry's host and port.
-        .redirect(reqwest::redirect::Policy::limited(5));
+        .redirect(if opts.manual_redirects { reqwest::redirect::Policy::none() } else { reqwest::redirect::Policy::limited(5) });
     for path in &opts.extra_ca_files {
         let pem = std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("CA file {}: {e}", path.display())))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)

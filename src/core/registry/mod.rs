@@ -62,6 +62,52 @@ pub struct RegistryConfig {
     pub static_token: Option<StaticToken>,
     pub transport: TransportOptions,
     pub retry: RetryPolicy,
+    /// Rewrites applied to a blob redirect before it is followed.
+    pub blob_redirect: RedirectRewrite,
+}
+
+/// nydus's `blob_url_scheme` / `blob_redirected_host`: when a registry redirects a blob request
+/// (to object storage, a CDN), the Location's scheme and/or host is replaced before it is
+/// followed, for P2P systems that serve those blobs under another scheme or host. Redirects
+/// are then followed by us (at most 5, without the registry's Authorization, as reqwest would).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedirectRewrite {
+    /// `http` or `https`.
+    pub scheme: Option<String>,
+    /// `host` or `host:port`.
+    pub host: Option<String>,
+}
+
+impl RedirectRewrite {
+    pub fn is_empty(&self) -> bool {
+        self.scheme.is_none() && self.host.is_none()
+    }
+
+    /// Checks the values once, so a bad one fails when the source is made, not at a read.
+    pub fn check(&self) -> io::Result<()> {
+        let mut u = Url::parse("http://registry.invalid/x").expect("URL");
+        self.apply(&mut u)
+    }
+
+    pub fn apply(&self, u: &mut Url) -> io::Result<()> {
+        let bad = |what: &str, v: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("blob redirect {what} {v:?} is not usable"));
+        if let Some(s) = &self.scheme {
+            if !matches!(s.as_str(), "http" | "https") || u.set_scheme(s).is_err() {
+                return Err(bad("scheme", s));
+            }
+        }
+        if let Some(h) = &self.host {
+            let (host, port) = match h.rsplit_once(':') {
+                Some((host, p)) if !host.contains(':') || host.ends_with(']') => (host, Some(p.parse::<u16>().map_err(|_| bad("host", h))?)),
+                _ => (h.as_str(), None),
+            };
+            u.set_host(Some(host)).map_err(|_| bad("host", h))?;
+            if let Some(p) = port {
+                u.set_port(Some(p)).map_err(|_| bad("host", h))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl RegistryConfig {
@@ -73,6 +119,7 @@ impl RegistryConfig {
             static_token: None,
             transport: TransportOptions::default(),
             retry: RetryPolicy::default(),
+            blob_redirect: RedirectRewrite::default(),
         }
     }
 
@@ -132,6 +179,7 @@ pub struct Manifest {
 pub struct RegistrySource {
     base: Url,
     session: Session,
+    redirect: RedirectRewrite,
     retry: RetryPolicy,
     describe: String,
 }
@@ -142,6 +190,9 @@ impl RegistrySource {
         if !valid_repository(&cfg.repository) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid repository name {:?}", cfg.repository)));
         }
+        cfg.blob_redirect.check()?;
+        let mut cfg = cfg;
+        cfg.transport.manual_redirects = !cfg.blob_redirect.is_empty();
         let http = client::build_http(&cfg.transport)?;
         let fallback = cfg.transport.proxy.is_some() && cfg.transport.proxy_fallback;
         let describe = format!(
@@ -161,6 +212,7 @@ impl RegistrySource {
         }
         Ok(RegistrySource {
             session,
+            redirect: cfg.blob_redirect,
             base,
             retry: cfg.retry,
             describe,
@@ -187,10 +239,9 @@ impl RegistrySource {
     async fn range_once(&self, url: &Url, offset: u64, len: u64) -> Result<Vec<u8>, Failure> {
         let end = offset + len - 1;
         let what = format!("GET {url} bytes {offset}-{end}");
-        let resp = self
-            .session
-            .send(&what, |c| c.get(url.clone()).header(RANGE, format!("bytes={offset}-{end}")))
-            .await?;
+        let range = |c: &reqwest::Client, u: Url| c.get(u).header(RANGE, format!("bytes={offset}-{end}"));
+        let resp = self.session.send(&what, |c| range(c, url.clone())).await?;
+        let resp = self.follow_rewritten(resp, url.clone(), &what, &range).await?;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
                 let cr = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -229,6 +280,35 @@ impl RegistrySource {
             )),
             _ => Err(status_failure(&what, resp).await),
         }
+    }
+
+    /// With a [`RedirectRewrite`], follows a redirect answer ourselves: Location resolved
+    /// against the request URL, rewritten, requested again (no Authorization), at most 5 hops.
+    /// Any other answer, or no rewrite configured, is returned as it is.
+    async fn follow_rewritten<B>(&self, mut resp: Response, mut at: Url, what: &str, build: &B) -> Result<Response, Failure>
+    where
+        B: Fn(&reqwest::Client, Url) -> reqwest::RequestBuilder,
+    {
+        if self.redirect.is_empty() {
+            return Ok(resp);
+        }
+        for _ in 0..5 {
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let loc = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let mut next = at.join(loc).map_err(|e| {
+                Failure::fatal(io::ErrorKind::InvalidData, format!("{what}: redirect to {loc:?} is not a URL: {e}"))
+            })?;
+            self.redirect.apply(&mut next).map_err(Failure::Final)?;
+            tracing::debug!("{what}: redirected to {next} (rewritten)");
+            resp = build(&self.session.http, next.clone()).send().await.map_err(|e| transport_failure(what, e))?;
+            at = next;
+        }
+        if resp.status().is_redirection() {
+            return Err(Failure::fatal(io::ErrorKind::InvalidData, format!("{what}: more than 5 redirects")));
+        }
+        Ok(resp)
     }
 
     /// Fetches a manifest or index by tag or `sha256:` digest. Verifies the digest when the
@@ -286,6 +366,7 @@ impl RegistrySource {
         let dest: PathBuf = dest.to_path_buf();
         let r = with_retries(&self.retry, &what, || async {
             let resp = self.session.send(&what, |c| c.get(url.clone())).await?;
+            let resp = self.follow_rewritten(resp, url.clone(), &what, &|c: &reqwest::Client, u: Url| c.get(u)).await?;
             if resp.status() != StatusCode::OK {
                 return Err(status_failure(&what, resp).await);
             }
