@@ -13,7 +13,7 @@ if [ ! -f "$FIX/tree.tar.gz" ]; then
     exit 0
 fi
 mkdir -p "$OUT"
-for name in dir-zstd dir-lz4_block targz-rafs; do
+for name in dir-zstd dir-lz4_block targz-rafs targz-ref; do
     rm -rf "$OUT/nydus-$name"
     mkdir -p "$OUT/nydus-$name/blobs"
     cp "$FIX/$name/image.boot" "$OUT/nydus-$name/"
