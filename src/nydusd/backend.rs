@@ -337,7 +337,7 @@ mod tests {
     }
 
     fn err(bc: Value) -> String {
-        format!("{:#}", reg(bc).err().expect("an error"))
+        format!("{:#}", reg(bc).expect_err("an error"))
     }
 
     #[test]

@@ -106,7 +106,7 @@ mod tests {
                 config: serde_json::json!({"host": "h", "repo": "a", "registry_token": "secret"}),
             }),
         };
-        save(&p, &[rec.clone()]).unwrap();
+        save(&p, std::slice::from_ref(&rec)).unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(load(&p).unwrap(), vec![rec.clone()]);
         save(&p, &[]).unwrap();
