@@ -459,8 +459,13 @@ fn registry_backed_rafs_bind_survives_takeover() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
+    // Two users: the bind's credentials are renewed from alice's to bob's on the way.
     let htpasswd = t.path().join("htpasswd");
-    reg::write_htpasswd(&htpasswd, "alice", "s3cret");
+    reg::write_htpasswd(&t.path().join("alice"), "alice", "s3cret");
+    reg::write_htpasswd(&t.path().join("bob"), "bob", "hunter2");
+    let both = std::fs::read_to_string(t.path().join("alice")).unwrap() + &std::fs::read_to_string(t.path().join("bob")).unwrap();
+    std::fs::write(&htpasswd, both).unwrap();
+    let bob = base64::engine::general_purpose::STANDARD.encode("bob:hunter2");
     let registry = reg::Registry::start(&format!("auth:\n  htpasswd:\n    realm: erofsd-test\n    path: {}\n", htpasswd.display()), None);
     let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
     let repo = "nydus/dir-zstd";
@@ -504,12 +509,21 @@ fn registry_backed_rafs_bind_survives_takeover() {
         if round == "with the saved list" {
             let (code, body) = call(&sock, "PUT", "/api/v2/blobs", Some(&bind));
             assert_eq!(code, 204, "{body}");
+            assert!(std::fs::read_to_string(&saved).unwrap().contains(&auth));
+            // Credential renewal (the snapshotter's `PUT /api/v1/config?id=/<snapshot id>`):
+            // saved for the successor, which then re-adopts the bind with bob's credentials.
+            let (code, body) = call(&sock, "PUT", "/api/v1/config?id=%2F5", Some(&format!(r#"{{"registry_auth":"{bob}"}}"#)));
+            assert_eq!(code, 204, "{body}");
+            let (code, body) = call(&sock, "PUT", "/api/v1/config?id=%2F5", Some(r#"{"registry_auth":"%%%"}"#));
+            assert_eq!(code, 400, "{body}");
+            assert!(body.contains("base64"), "{body}");
+            let text = std::fs::read_to_string(&saved).unwrap();
+            assert!(text.contains(&bob) && !text.contains(&auth), "renewed credentials not saved");
         }
         let src = source_of(&sock).expect("bound");
         assert!(src.contains(&format!("registry http://{}/{repo}", registry.host_port())), "{src}");
         let mode = std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{} holds credentials", saved.display());
-        assert!(std::fs::read_to_string(&saved).unwrap().contains(&auth));
         let (code, body) = call(&sock, "PUT", "/api/v1/daemon/fuse/sendfd", None);
         assert_eq!(code, 204, "{body}");
         // Crash; the successor waits in INIT for takeover.
@@ -524,7 +538,7 @@ fn registry_backed_rafs_bind_survives_takeover() {
         let (state, got_fd) = holder.take().unwrap().join().unwrap();
         assert!(got_fd);
         let state = String::from_utf8(state).unwrap();
-        assert!(state.contains(&fsid) && !state.contains(&auth) && !state.contains("s3cret"), "failover bytes: {state}");
+        assert!(state.contains(&fsid) && !state.contains(&auth) && !state.contains(&bob), "failover bytes: {state}");
         let (code, body) = call(&sock, "PUT", "/api/v1/daemon/start", None);
         assert_eq!(code, 204, "{body}");
         d = d2;

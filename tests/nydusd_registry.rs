@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use base64::Engine;
 use common::registry::*;
 use erofsd::core::source::SharedSource;
-use erofsd::nydusd::backend::{registry_config, source_for};
+use erofsd::nydusd::backend::{parse_auth, registry_config, source_for, BackendRef};
 use serde_json::{json, Value};
 
 const REPO: &str = "nydus/app";
@@ -89,6 +89,16 @@ async fn basic_auth_from_the_bind_and_no_docker_config_fallback() {
     let e = bind_source(bc(&b64("alice:wrong"))).unwrap().read_range(&id, 0, 1).await.unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
     assert!(!e.to_string().contains("wrong"), "password in an error: {e}");
+
+    // A renewed credential (`PUT /api/v1/config` registry_auth) reaches the source in use.
+    let d = tempfile::tempdir().unwrap();
+    let built = BackendRef { kind: "registry".into(), config: bc(&b64("alice:wrong")) }
+        .build(&d.path().join("image.boot"))
+        .unwrap()
+        .expect("a source");
+    assert!(built.source.read_range(&id, 0, 1).await.is_err());
+    built.registry.as_ref().expect("a registry source").set_credentials(parse_auth(&b64("alice:s3cret")).unwrap());
+    check(&built.source, &id, &data).await;
 
     // An empty `auth` is anonymous, as in nydusd, even with docker config credentials around
     // (the snapshotter consults docker config itself before it sends the entry).

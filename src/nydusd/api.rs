@@ -8,7 +8,7 @@
 //! | DELETE | /api/v2/blobs?blob_id=B | 204 (culls B's cache objects) |
 //! | GET | /api/v1/metrics/blobcache?id=/X | 200 CacheMetrics with `underlying_files` |
 //! | GET | /api/v1/metrics | 200 |
-//! | PUT | /api/v1/config?id=/X | 204 (`registry_auth` accepted, not used: see docs/nydus.md) |
+//! | PUT | /api/v1/config?id=/X | 204; `registry_auth` renews the credentials of snapshot X's binds |
 //! | PUT | /api/v1/daemon/fuse/sendfd, …/fuse/takeover, …/start, …/exit | 204 |
 //!
 //! Errors are nydusd's shape, `{"code": "UNDEFINED", "message": "…"}`; unknown routes are 404.
@@ -107,10 +107,7 @@ async fn handle(daemon: Arc<NydusDaemon>, req: Request<Incoming>) -> Result<Resp
         (&Method::PUT, "/api/v1/config") => match body(req).await {
             Err(r) => r,
             Ok(b) => match serde_json::from_slice::<serde_json::Value>(&b) {
-                Ok(v) if v.is_object() => {
-                    info!("config update for {:?}: keys {:?} accepted (not used)", param(&q, "id"), v.as_object().map(|o| o.keys().collect::<Vec<_>>()));
-                    no_content()
-                }
+                Ok(v) if v.is_object() => config_update(&daemon, param(&q, "id").unwrap_or(""), &v).await,
                 Ok(_) => error(StatusCode::BAD_REQUEST, "config body must be a JSON object"),
                 Err(e) => error(StatusCode::BAD_REQUEST, format!("SerdeError({e})")),
             },
@@ -135,6 +132,30 @@ async fn handle(daemon: Arc<NydusDaemon>, req: Request<Incoming>) -> Result<Resp
         (m, p) => error(StatusCode::NOT_FOUND, format!("NotFound: no endpoint {m} {p}")),
     };
     Ok(resp)
+}
+
+/// `PUT /api/v1/config?id=/X`: `registry_auth` renews the credentials of X's binds (nydusd's
+/// dynamic config); other keys are accepted and logged.
+async fn config_update(daemon: &NydusDaemon, id: &str, v: &serde_json::Value) -> Resp {
+    let others: Vec<&String> = v.as_object().into_iter().flat_map(|o| o.keys()).filter(|k| *k != "registry_auth").collect();
+    if !others.is_empty() {
+        info!("config update for {id:?}: keys {others:?} accepted (not used)");
+    }
+    match v.get("registry_auth") {
+        None => no_content(),
+        Some(serde_json::Value::String(auth)) => match daemon.renew_auth(id, auth).await {
+            Ok(0) => {
+                info!("config update for {id:?}: registry_auth renewed for no registry-backed bind");
+                no_content()
+            }
+            Ok(n) => {
+                info!("config update for {id:?}: registry_auth renewed for {n} bind(s)");
+                no_content()
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, format!("registry_auth: {e:#}")),
+        },
+        Some(_) => error(StatusCode::BAD_REQUEST, "registry_auth must be a string"),
+    }
 }
 
 fn daemon_info(daemon: &NydusDaemon) -> serde_json::Value {

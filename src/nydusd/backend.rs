@@ -60,6 +60,11 @@ impl BackendRef {
 
     /// The blob source for a bootstrap at `boot`: `None` means `blobs/` beside it.
     pub fn source(&self, boot: &Path) -> Result<Option<SharedSource>> {
+        Ok(self.build(boot)?.map(|b| b.source))
+    }
+
+    /// [`BackendRef::source`], keeping a handle on a registry source (credential renewal).
+    pub fn build(&self, boot: &Path) -> Result<Option<Built>> {
         let beside = beside(boot);
         if beside.is_dir() {
             return Ok(None);
@@ -70,14 +75,15 @@ impl BackendRef {
                 for w in &warnings {
                     tracing::warn!("registry backend for {}: {w}", boot.display());
                 }
-                Ok(Some(Arc::new(RegistrySource::new(cfg).context("registry backend")?)))
+                let reg = Arc::new(RegistrySource::new(cfg).context("registry backend")?);
+                Ok(Some(Built { source: reg.clone(), registry: Some(reg) }))
             }
             "localfs" => {
                 let (dir, warnings) = localfs_dir(&self.config)?;
                 for w in &warnings {
                     tracing::warn!("localfs backend for {}: {w}", boot.display());
                 }
-                Ok(Some(Arc::new(LocalDirSource::new(&dir))))
+                Ok(Some(Built { source: Arc::new(LocalDirSource::new(&dir)), registry: None }))
             }
             other => {
                 tracing::warn!("backend_type {other:?} is not supported: blobs are read from {}", beside.display());
@@ -95,6 +101,22 @@ impl BackendRef {
             other => other.to_string(),
         }
     }
+}
+
+/// A built source; `registry` is the same source when it is a registry.
+pub struct Built {
+    pub source: SharedSource,
+    pub registry: Option<Arc<RegistrySource>>,
+}
+
+/// A renewed `registry_auth` (base64 `user:password`, as `auth`): the credentials.
+pub fn parse_auth(auth: &str) -> Result<Credentials> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(auth.trim())
+        .map_err(|e| anyhow::anyhow!("backend_config.auth is not base64 ({e})"))?;
+    let text = String::from_utf8(raw).map_err(|_| anyhow::anyhow!("backend_config.auth is not UTF-8 once decoded"))?;
+    let Some((u, p)) = text.split_once(':') else { bail!("backend_config.auth does not decode to user:password") };
+    Ok(Credentials::basic(u, p))
 }
 
 fn beside(boot: &Path) -> PathBuf {
@@ -234,12 +256,7 @@ pub fn registry_config(bc: &Value) -> Result<(RegistryConfig, Vec<String>)> {
     let mut cfg = RegistryConfig::new(format!("{scheme}://{host}"), repo.trim());
 
     if let Some(auth) = f.str("auth")? {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .map_err(|e| anyhow::anyhow!("backend_config.auth is not base64 ({e})"))?;
-        let text = String::from_utf8(raw).map_err(|_| anyhow::anyhow!("backend_config.auth is not UTF-8 once decoded"))?;
-        let Some((u, p)) = text.split_once(':') else { bail!("backend_config.auth does not decode to user:password") };
-        cfg.credentials = Credentials::basic(u, p);
+        cfg.credentials = parse_auth(auth)?;
     }
     if let Some(t) = f.str("registry_token")? {
         cfg.static_token = Some(StaticToken::new(t).map_err(|e| anyhow::anyhow!("backend_config.registry_token: {e}"))?);

@@ -109,7 +109,12 @@ pub struct Bind {
     pub image: Arc<Image>,
     /// Where its blobs come from (the entry's backend), kept for a successor.
     pub backend: Option<BackendRef>,
+    /// Its registry source, when it has one (credential renewal reaches it through this).
+    pub registry: Option<Arc<crate::core::registry::RegistrySource>>,
 }
+
+/// Registry sources built while a successor reloads binds, by (domain, fsid).
+type Rebuilt = Mutex<BTreeMap<(String, String), Arc<crate::core::registry::RegistrySource>>>;
 
 impl Bind {
     /// The registry key standing in for a mountpoint (the snapshotter mounts, not us).
@@ -160,13 +165,15 @@ impl NydusDaemon {
 
     /// Installs a started front-end and adopts the binds it recovered (failover), with their
     /// backends from the saved `records`.
-    fn set_frontend(&self, fe: Arc<CachefilesFrontend>, records: &[BindRecord]) {
+    fn set_frontend(&self, fe: Arc<CachefilesFrontend>, records: &[BindRecord], rebuilt: Rebuilt) {
         use crate::frontend::Frontend;
+        let mut rebuilt = rebuilt.into_inner().expect("rebuilt sources");
         let mut binds = self.binds.lock().expect("binds");
         for (info, image) in fe.recovered() {
             if let Some((d, f)) = Bind::from_key(&info.mountpoint) {
                 let backend = records.iter().find(|r| r.domain_id == d && r.id == f).and_then(|r| r.backend.clone());
-                binds.insert((d.clone(), f.clone()), Bind { domain_id: d, fsid: f, metadata_path: info.image.clone(), image, backend });
+                let registry = rebuilt.remove(&(d.clone(), f.clone()));
+                binds.insert((d.clone(), f.clone()), Bind { domain_id: d, fsid: f, metadata_path: info.image.clone(), image, backend, registry });
             }
         }
         *self.frontend.lock().expect("frontend") = Some(fe);
@@ -192,19 +199,52 @@ impl NydusDaemon {
 
     /// Reloads a saved bind's image through its saved backend (`blobs/` beside the bootstrap
     /// when it has none), refusing a bootstrap that changed since it was bound.
-    fn reload(images: &ImageStore, path: &Path, image_id: &str, rec: Option<&BindRecord>) -> Result<Arc<Image>> {
-        let source = match rec.and_then(|r| r.backend.as_ref()) {
-            Some(b) => b.source(path).with_context(|| format!("the saved {} backend", b.describe()))?,
+    fn reload(images: &ImageStore, path: &Path, image_id: &str, rec: Option<&BindRecord>, rebuilt: &Rebuilt) -> Result<Arc<Image>> {
+        let built = match rec.and_then(|r| r.backend.as_ref()) {
+            Some(b) => b.build(path).with_context(|| format!("the saved {} backend", b.describe()))?,
             None => None,
         };
-        let image = match source {
-            Some(s) => images.load(path, s)?,
+        let image = match &built {
+            Some(b) => images.load(path, b.source.clone())?,
             None => images.load_dir(path)?,
         };
         if image.id != image_id {
             bail!("bootstrap {} changed since it was bound", path.display());
         }
+        if let (Some(r), Some(reg)) = (rec, built.and_then(|b| b.registry)) {
+            rebuilt.lock().expect("rebuilt sources").insert((r.domain_id.clone(), r.id.clone()), reg);
+        }
         Ok(image)
+    }
+
+    /// `PUT /api/v1/config?id=/<snapshot id>` with `registry_auth`: the snapshotter renewed a
+    /// credential. Every bind of that snapshot (fsid = sha256("nydus-snapshot-" + id), or the
+    /// fsid itself) gets it: its live registry source, and its saved backend. Returns how many.
+    pub async fn renew_auth(&self, id: &str, auth: &str) -> Result<usize> {
+        let creds = backend::parse_auth(auth)?;
+        let _op = self.ops.lock().await;
+        let id = id.trim_start_matches('/');
+        let fsid = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(format!("nydus-snapshot-{id}")))
+        };
+        let mut n = 0;
+        for b in self.binds.lock().expect("binds").values_mut().filter(|b| b.fsid == fsid || b.fsid == id) {
+            let Some(backend) = b.backend.as_mut().filter(|x| x.kind == "registry") else { continue };
+            if let Some(obj) = backend.config.as_object_mut() {
+                obj.insert("auth".into(), auth.into());
+            } else {
+                backend.config = serde_json::json!({"auth": auth});
+            }
+            if let Some(reg) = &b.registry {
+                reg.set_credentials(creds.clone());
+            }
+            n += 1;
+        }
+        if n > 0 {
+            self.persist().context("saving the renewed credentials")?;
+        }
+        Ok(n)
     }
 
     pub fn binds(&self) -> Vec<Bind> {
@@ -218,12 +258,12 @@ impl NydusDaemon {
         cachefiles::registry::check_name("id", fsid)?;
         cachefiles::registry::check_name("domain_id", domain_id)?;
         let backend = BackendRef::from_entry(config);
-        let source = match &backend {
-            Some(b) => b.source(metadata_path)?,
+        let built = match &backend {
+            Some(b) => b.build(metadata_path)?,
             None => None,
         };
-        let image = match source {
-            Some(source) => self.images.load(metadata_path, source),
+        let image = match &built {
+            Some(b) => self.images.load(metadata_path, b.source.clone()),
             None => self.images.load_dir(metadata_path),
         }
         .with_context(|| format!("loading bootstrap {}", metadata_path.display()))?;
@@ -249,7 +289,14 @@ impl NydusDaemon {
         );
         self.binds.lock().expect("binds").insert(
             k.clone(),
-            Bind { domain_id: domain_id.into(), fsid: fsid.into(), metadata_path: metadata_path.into(), image, backend },
+            Bind {
+                domain_id: domain_id.into(),
+                fsid: fsid.into(),
+                metadata_path: metadata_path.into(),
+                image,
+                backend,
+                registry: built.and_then(|b| b.registry),
+            },
         );
         if let Err(e) = self.persist() {
             // A bind a successor could not re-adopt with its source is refused now.
@@ -356,12 +403,13 @@ impl NydusDaemon {
             crate::daemon::supervisor::fd_store().lock().expect("fd store").inherit(cachefiles::FD_NAME, fd);
             // Sees the inherited device: reloads the state file's binds through their saved
             // backends, then writes `restore`.
+            let rebuilt = Rebuilt::default();
             let loader = |s: &cachefiles::registry::Saved, images: &ImageStore| -> Result<Arc<Image>> {
                 let rec = Bind::from_key(&s.mountpoint).and_then(|(d, f)| records.iter().find(|r| r.domain_id == d && r.id == f));
-                Self::reload(images, &s.image, &s.image_id, rec)
+                Self::reload(images, &s.image, &s.image_id, rec, &rebuilt)
             };
             let fe = cachefiles::start_cachefiles_with(&self.config, self.filler.clone(), Some(&loader))?;
-            self.set_frontend(fe, &records);
+            self.set_frontend(fe, &records, rebuilt);
         } else if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&state) {
             // api-only: the bytes name the binds; the saved list adds their backends.
             for b in v["binds"].as_array().into_iter().flatten() {
@@ -371,11 +419,20 @@ impl NydusDaemon {
                     continue;
                 };
                 let rec = records.iter().find(|r| r.domain_id == d && r.id == f);
-                match Self::reload(&self.images, Path::new(p), id, rec) {
+                let rebuilt = Rebuilt::default();
+                match Self::reload(&self.images, Path::new(p), id, rec, &rebuilt) {
                     Ok(image) => {
+                        let registry = rebuilt.into_inner().expect("rebuilt sources").into_values().next();
                         self.binds.lock().expect("binds").insert(
                             (d.into(), f.into()),
-                            Bind { domain_id: d.into(), fsid: f.into(), metadata_path: p.into(), image, backend: rec.and_then(|r| r.backend.clone()) },
+                            Bind {
+                                domain_id: d.into(),
+                                fsid: f.into(),
+                                metadata_path: p.into(),
+                                image,
+                                backend: rec.and_then(|r| r.backend.clone()),
+                                registry,
+                            },
                         );
                     }
                     Err(e) => warn!("takeover: cannot re-adopt {d}/{f}: {e:#}"),
@@ -486,7 +543,7 @@ fn run(opts: Singleton) -> Result<()> {
             match cachefiles::start_cachefiles(&daemon.config, daemon.filler.clone()) {
                 Ok(fe) => {
                     // A fresh device: nothing was recovered, the old bind list is void.
-                    daemon.set_frontend(fe, &[]);
+                    daemon.set_frontend(fe, &[], Rebuilt::default());
                     daemon.state.set(State::Running);
                     daemon.persist()?;
                 }

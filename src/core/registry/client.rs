@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -246,7 +246,8 @@ pub struct Session {
     /// Requests that fell back (the first and every power of two are logged as warnings).
     pub fallbacks: AtomicU64,
     pub repository: String,
-    credentials: Credentials,
+    /// Replaceable while in use (a renewed credential: `set_credentials`).
+    credentials: RwLock<Credentials>,
     state: Mutex<AuthState>,
     /// Single flight for token fetches.
     refresh: tokio::sync::Mutex<()>,
@@ -265,7 +266,7 @@ impl Session {
             direct: None,
             fallbacks: AtomicU64::new(0),
             repository,
-            credentials,
+            credentials: RwLock::new(credentials),
             state: Mutex::new(AuthState::default()),
             refresh: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
@@ -287,6 +288,17 @@ impl Session {
     pub fn set_push(&mut self) {
         self.push = true;
         self.direct = None;
+    }
+
+    fn credentials(&self) -> Credentials {
+        self.credentials.read().expect("credentials").clone()
+    }
+
+    /// Replaces the credentials (a renewal): the cached token, got with the old ones, is
+    /// dropped, so the next request authenticates afresh.
+    pub fn set_credentials(&self, credentials: Credentials) {
+        *self.credentials.write().expect("credentials") = credentials;
+        self.state.lock().expect("auth state").token = None;
     }
 
     /// Requests the proxy fails are sent once more through `direct` (a client without proxy).
@@ -365,7 +377,7 @@ impl Session {
             return Ok(Presented { header: Some(format!("Bearer {}", t.token)), token_generation: Some(t.generation), basic: false });
         }
         if basic {
-            return Ok(Presented { header: self.credentials.basic_header(), token_generation: None, basic: true });
+            return Ok(Presented { header: self.credentials().basic_header(), token_generation: None, basic: true });
         }
         Ok(Presented { header: None, token_generation: None, basic: false })
     }
@@ -397,10 +409,10 @@ impl Session {
             if presented.basic {
                 return Err(Failure::fatal(
                     io::ErrorKind::PermissionDenied,
-                    format!("{what}: the registry rejected the basic credentials ({:?})", self.credentials),
+                    format!("{what}: the registry rejected the basic credentials ({:?})", self.credentials()),
                 ));
             }
-            if self.credentials.basic_header().is_none() {
+            if self.credentials().basic_header().is_none() {
                 return Err(Failure::fatal(
                     io::ErrorKind::PermissionDenied,
                     format!("{what}: the registry requires credentials (basic auth) and none are configured"),
@@ -454,13 +466,13 @@ impl Session {
             q.append_pair("scope", scope);
         }
         let what = format!("token from {}", url.origin().ascii_serialization());
-        let basic = self.credentials.basic_header();
+        let basic = self.credentials().basic_header();
         let resp = self.dispatch(&what, &|c: &reqwest::Client| c.get(url.clone()), basic.as_deref()).await?;
         if !resp.status().is_success() {
             return Err(match status_failure(&what, resp).await {
                 Failure::Final(e) if e.kind() == io::ErrorKind::PermissionDenied => Failure::Final(io::Error::new(
                     e.kind(),
-                    format!("{e} (the token server refused {:?})", self.credentials),
+                    format!("{e} (the token server refused {:?})", self.credentials()),
                 )),
                 other => other,
             });

@@ -227,6 +227,11 @@ impl RegistrySource {
         Ok(s)
     }
 
+    /// Replaces the credentials of a source in use (credential renewal).
+    pub fn set_credentials(&self, credentials: Credentials) {
+        self.session.set_credentials(credentials);
+    }
+
     /// Bearer tokens fetched so far.
     pub fn tokens_fetched(&self) -> u64 {
         self.session.tokens_fetched.load(Ordering::Relaxed)
