@@ -394,10 +394,10 @@ async fn nydus_zran_malformed_meta_fails_clearly() {
         let b = with_zran_meta(&img, &boot, &meta_id, &meta, f);
         std::fs::write(img.join("image.boot"), &b).unwrap();
         let got = load_and_fill(dir.path(), &img).await;
-        assert!(got.starts_with("fill error") && got.contains("inflate context"), "{what}: {got}");
+        assert!(got.starts_with("fill error") && (got.contains("inflate context") || got.contains("sha256 mismatch")), "{what}: {got}");
     }
-    // Every bit region of every context: load error, fill error or (a window byte no chunk
-    // needs) filled — and nothing panics.
+    // Every bit region of every context: load error, fill error or (a field decoding does not
+    // depend on) filled — each filled chunk matched its sha256 — and nothing panics.
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for i in 0..zcount {
         for field in [0usize, 8, 16, 24, 28, 32, 37] {
@@ -422,6 +422,29 @@ async fn nydus_zran_malformed_meta_fails_clearly() {
     assert!(got.starts_with("load error") && got.contains("meta blob"), "{got}");
     restore_zran(&img, &boot, &meta_id, &meta);
     assert_eq!(load_and_fill(dir.path(), &img).await, "filled");
+
+    // A window changed (context 4: its chunk copies much from the bytes before it): the
+    // inflate succeeds, but the chunk's bytes no longer match the sha256 the bootstrap's
+    // chunk table gives them.
+    let b = with_zran_meta(&img, &boot, &meta_id, &meta, move |t, _| {
+        let dicts = zoff + zcount * 40;
+        let d1 = dicts + u64_at(t, ctx(4, 16)) as usize;
+        for i in 0..32768 {
+            t[d1 + i] = t[d1 + i].wrapping_add(1);
+        }
+    });
+    std::fs::write(img.join("image.boot"), &b).unwrap();
+    let got = load_and_fill(dir.path(), &img).await;
+    assert!(got.starts_with("fill error") && (got.contains("sha256 mismatch") || got.contains("inflate context")), "{got}");
+    // A lying digest in the bootstrap's chunk table: that chunk fails to fill.
+    restore_zran(&img, &boot, &meta_id, &meta);
+    let mut b = boot.clone();
+    let table = u64_at(&boot, 1176) as usize;
+    b[table + 5] ^= 1;
+    std::fs::write(img.join("image.boot"), &b).unwrap();
+    let got = load_and_fill(dir.path(), &img).await;
+    assert!(got.starts_with("fill error") && got.contains("sha256 mismatch"), "{got}");
+    restore_zran(&img, &boot, &meta_id, &meta);
 }
 
 /// A gzip layer cut short (the registry or disk lost its tail): chunks there fail to fill

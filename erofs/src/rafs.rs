@@ -332,6 +332,9 @@ pub struct Chunk {
     pub crc32c: Option<u32>,
     /// zran blobs: where the chunk's bytes are in the output of one inflate context.
     pub zran: Option<ZranRef>,
+    /// sha256 of the uncompressed bytes, from the bootstrap's chunk table when the image uses
+    /// sha256 chunk digests (nydus does for zran images); see [`apply_chunk_digests`].
+    pub sha256: Option<[u8; 32]>,
 }
 
 impl Chunk {
@@ -445,9 +448,75 @@ fn parse_chunks(blob: &RafsBlob, table: &[u8], zran: Option<&ZranTable>) -> Resu
                 }
             }
         }
-        out.push(Chunk { uncompressed: uoff..uoff + usize_, stored: coff..coff + csize, compressed, crc32c: crc, zran: zref });
+        out.push(Chunk { uncompressed: uoff..uoff + usize_, stored: coff..coff + csize, compressed, crc32c: crc, zran: zref, sha256: None });
     }
     Ok(out)
+}
+
+/// Size of one bootstrap chunk table record (`RafsV5ChunkInfo`).
+const CHUNK_RECORD_SIZE: u64 = 80;
+/// Ext superblock flag: chunk digests are sha256 (else blake3, which we do not check).
+const FLAG_HASH_SHA256: u64 = 0x8;
+
+/// Attaches the sha256 digest of every chunk of `blob` that the bootstrap's chunk table lists
+/// (80-byte records at the ext superblock's `chunk_table_offset`: digest, blob index, …, CI
+/// index), so decoding can verify the bytes. Only sha256 images carry usable digests (nydus
+/// uses sha256 for zran, blake3 by default otherwise); for others, or without a table, nothing
+/// is attached. Returns how many chunks got a digest.
+pub fn apply_chunk_digests(boot: &[u8], blob: &RafsBlob, chunks: &mut [Chunk]) -> Result<usize, RafsError> {
+    if !is_rafs_v6(boot) {
+        return Err(bad!("not a RAFS v6 bootstrap (compat bit missing)"));
+    }
+    let ext = &boot[EXT_SB_OFFSET..EXT_SB_OFFSET + 256];
+    let (flags, off, size) = (u64_at(ext, 0), u64_at(ext, 24), u64_at(ext, 32));
+    if flags & FLAG_HASH_SHA256 == 0 || blob.digest_algo != 1 || size == 0 {
+        return Ok(0);
+    }
+    let end = off.checked_add(size).filter(|&e| e <= boot.len() as u64 && size.is_multiple_of(CHUNK_RECORD_SIZE));
+    let Some(end) = end else {
+        return Err(bad!("chunk table {off}+{size} is not whole 80-byte records inside the {}-byte bootstrap", boot.len()));
+    };
+    let mut n = 0;
+    for r in boot[off as usize..end as usize].chunks_exact(CHUNK_RECORD_SIZE as usize) {
+        if u32_at(r, 32) != blob.index {
+            continue;
+        }
+        let ci = u32_at(r, 72) as usize;
+        let digest: [u8; 32] = r[..32].try_into().expect("32 bytes");
+        let c = chunks.get_mut(ci).ok_or_else(|| bad!("chunk table names chunk {ci} of blob {}, which has {}", blob.index, blob.chunk_count))?;
+        // The record repeats the CI entry's offsets: a mismatch means the two tables disagree.
+        if u64_at(r, 56) != c.uncompressed.start || u32_at(r, 44) as u64 != c.uncompressed.end - c.uncompressed.start {
+            return Err(bad!("chunk table record for chunk {ci} disagrees with the blob meta on its offset or size"));
+        }
+        match c.sha256 {
+            Some(d) if d != digest => return Err(bad!("chunk table lists chunk {ci} twice with different digests")),
+            Some(_) => {}
+            None => {
+                c.sha256 = Some(digest);
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Checks `data` against a chunk's digests (CRC32C and sha256, those it has).
+pub fn verify_chunk(chunk: &Chunk, data: &[u8]) -> Result<(), String> {
+    if let Some(want) = chunk.crc32c {
+        let got = crc32c(data);
+        if got != want {
+            return Err(format!("CRC32C mismatch (table {want:#010x}, data {got:#010x})"));
+        }
+    }
+    if let Some(want) = chunk.sha256 {
+        use sha2::Digest;
+        let got: [u8; 32] = sha2::Sha256::digest(data).into();
+        if got != want {
+            let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            return Err(format!("sha256 mismatch (chunk table {}, data {})", hex(&want), hex(&got)));
+        }
+    }
+    Ok(())
 }
 
 /// Decompresses the CI table read from the blob (`stored` = the `ci_compressed_size` bytes).
@@ -481,20 +550,14 @@ pub fn decompress(c: Compressor, stored: &[u8], out: &mut [u8]) -> Result<(), St
 }
 
 /// Decodes one chunk's stored bytes into `out` (exactly the chunk's uncompressed length) and
-/// checks its CRC32C when it has one.
+/// checks its CRC32C and sha256 when it has them.
 pub fn decode_chunk(blob_compressor: Compressor, chunk: &Chunk, stored: &[u8], out: &mut [u8]) -> Result<(), String> {
     if stored.len() as u64 != chunk.stored.end - chunk.stored.start {
         return Err(format!("{} stored bytes, want {}", stored.len(), chunk.stored.end - chunk.stored.start));
     }
     let c = if chunk.compressed { blob_compressor } else { Compressor::None };
     decompress(c, stored, out)?;
-    if let Some(want) = chunk.crc32c {
-        let got = crc32c(out);
-        if got != want {
-            return Err(format!("CRC32C mismatch (table {want:#010x}, data {got:#010x})"));
-        }
-    }
-    Ok(())
+    verify_chunk(chunk, out)
 }
 
 /// CRC-32C (Castagnoli) as nydus stores it (standard init and final inversion).

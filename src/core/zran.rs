@@ -7,14 +7,16 @@
 //! of one context decoded in one call share one resumed stream (the decoder only moves
 //! forward), so a run of chunks costs one inflate of their context, not one per chunk.
 //!
-//! Verified: the chunk's CRC32C when its CI entry has one (nydus does not write one for zran
-//! chunks today); that the gzip bytes inflate cleanly from the context to the chunk's end and
-//! yield exactly its length. Not verified: the gzip CRC32 (it covers whole members, which a
-//! resumed decode never sees whole). The meta blob itself was checked against its sha256 id
-//! at load, so the contexts and windows are the ones the image was built with.
+//! Verified: every chunk's sha256 against the bootstrap's chunk table (nydus builds zran
+//! images with sha256 chunk digests; [`erofs::rafs::apply_chunk_digests`]), its CRC32C when
+//! its CI entry has one (nydus writes none for zran chunks today), and that the gzip bytes
+//! inflate cleanly from the context to the chunk's end and yield exactly its length. The meta
+//! blob was checked against its sha256 id at load. Not checked: the gzip CRC32 (it covers
+//! whole members, which a resumed decode never sees whole) — and a chunk the chunk table does
+//! not list is only as good as the inflate.
 
 use erofs::inflate_resume::RawInflater;
-use erofs::rafs::{crc32c, Chunk, ZranTable};
+use erofs::rafs::{verify_chunk, Chunk, ZranTable};
 
 /// A resumed inflate stream, reused while consecutive chunks stay in one context.
 pub struct ZranDecoder {
@@ -62,12 +64,6 @@ impl ZranDecoder {
             self.context = None; // the stream is in an unknown state
             return Err(format!("inflate context {} (gzip offset {}): {e}", z.context, ctx.in_offset));
         }
-        if let Some(want) = chunk.crc32c {
-            let got = crc32c(out);
-            if got != want {
-                return Err(format!("CRC32C mismatch (table {want:#010x}, data {got:#010x})"));
-            }
-        }
-        Ok(())
+        verify_chunk(chunk, out)
     }
 }

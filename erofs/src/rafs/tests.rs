@@ -45,8 +45,8 @@ fn parses_a_blob_entry_and_its_chunks() {
     assert_eq!((b.chunk_count, b.compressor, b.ci_entry_size()), (3, Compressor::Zstd, 16));
     assert_eq!(b.meta_range(), 8192..8192 + 48 + 4096);
     let chunks = parse_chunk_infos(&b, &table(&good_rows())).unwrap();
-    assert_eq!(chunks[0], Chunk { uncompressed: 0..4096, stored: 0..100, compressed: true, crc32c: None, zran: None });
-    assert_eq!(chunks[1], Chunk { uncompressed: 4096..4106, stored: 100..110, compressed: false, crc32c: None, zran: None });
+    assert_eq!(chunks[0], Chunk { uncompressed: 0..4096, stored: 0..100, compressed: true, crc32c: None, zran: None, sha256: None });
+    assert_eq!(chunks[1], Chunk { uncompressed: 4096..4106, stored: 100..110, compressed: false, crc32c: None, zran: None, sha256: None });
     assert!(chunks[2].compressed);
 }
 
@@ -79,7 +79,7 @@ fn ci_v2_with_crc() {
     row[8..16].copy_from_slice(&c.to_le_bytes());
     row[16..].copy_from_slice(&0xdead_beefu64.to_le_bytes());
     let got = parse_chunk_infos(&b, &row).unwrap();
-    assert_eq!(got[0], Chunk { uncompressed: 4096..8192, stored: 7..207, compressed: true, crc32c: Some(0xdead_beef), zran: None });
+    assert_eq!(got[0], Chunk { uncompressed: 4096..8192, stored: 7..207, compressed: true, crc32c: Some(0xdead_beef), zran: None, sha256: None });
     // BATCH chunks are refused clearly; a ZRAN chunk in a blob that is not zran is corrupt.
     row[7] = 0x04;
     assert!(matches!(parse_chunk_infos(&b, &row), Err(RafsError::Unsupported(_))));
@@ -174,7 +174,7 @@ fn meta_header_must_match_the_table() {
 fn chunks_decode_and_verify() {
     let plain: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
     let z = zstd::bulk::compress(&plain, 3).unwrap();
-    let c = Chunk { uncompressed: 0..5000, stored: 0..z.len() as u64, compressed: true, crc32c: Some(crc32c(&plain)), zran: None };
+    let c = Chunk { uncompressed: 0..5000, stored: 0..z.len() as u64, compressed: true, crc32c: Some(crc32c(&plain)), zran: None, sha256: None };
     let mut out = vec![0u8; 5000];
     decode_chunk(Compressor::Zstd, &c, &z, &mut out).unwrap();
     assert_eq!(out, plain);

@@ -236,3 +236,67 @@ fn real_targz_ref_fixture_decodes() {
         assert!(out == tar[at..at + out.len()], "chunk {i}");
     }
 }
+
+/// The bootstrap's chunk table gives every targz-ref chunk a sha256 that its decoded bytes
+/// match; a lying table is refused at load or caught on decode.
+#[test]
+fn chunk_table_digests_verify_zran_chunks() {
+    let dir = std::env::var_os("EROFSD_NYDUS_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|| "/work/shared/fixtures/nydus".into());
+    if !dir.exists() {
+        assert!(std::env::var_os("CI").is_none(), "nydus fixtures missing at {} under CI", dir.display());
+        eprintln!("SKIP (loud): nydus fixtures not present at {}; set EROFSD_NYDUS_FIXTURES", dir.display());
+        return;
+    }
+    let img = dir.join("targz-ref");
+    let boot = std::fs::read(img.join("image.boot")).unwrap();
+    let b = parse_blob_table(&boot, 1).unwrap().remove(0);
+    let meta = std::fs::read(img.join("blobs").join(b.meta_blob().unwrap().0)).unwrap();
+    let m = &meta[b.meta_range().start as usize..b.meta_range().end as usize];
+    let (ci, h) = m.split_at(b.ci_compressed_size as usize);
+    let parsed = parse_blob_meta(&b, h, &decode_ci_table(&b, ci).unwrap()).unwrap();
+    let mut chunks = parsed.chunks.clone();
+    assert_eq!(apply_chunk_digests(&boot, &b, &mut chunks).unwrap(), 38);
+    let z = parsed.zran.unwrap();
+    let gz = std::fs::read(img.join("blobs").join(&b.id)).unwrap();
+    let mut inf = crate::inflate_resume::RawInflater::new().unwrap();
+    for c in &chunks {
+        let r = c.zran.unwrap();
+        let ctx = z.contexts()[r.context as usize];
+        inf.resume(&z.resume_point(r.context).unwrap()).unwrap();
+        let input = &gz[ctx.input().start as usize..ctx.input().end as usize];
+        let mut out = vec![0u8; (c.uncompressed.end - c.uncompressed.start) as usize];
+        inf.skip(input, r.offset as u64).unwrap();
+        inf.read_exact(input, &mut out).unwrap();
+        verify_chunk(c, &out).unwrap();
+        out[0] ^= 1;
+        assert!(verify_chunk(c, &out).unwrap_err().contains("sha256 mismatch"));
+    }
+    // Hostile chunk tables.
+    let (off, size) = (u64_at(&boot, 1176) as usize, u64_at(&boot, 1184) as usize);
+    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+        ("CI index out of range", Box::new(move |b| b[off + 72..off + 76].copy_from_slice(&38u32.to_le_bytes()))),
+        ("size differs from the blob meta", Box::new(move |b| b[off + 44] ^= 1)),
+        ("offset differs from the blob meta", Box::new(move |b| b[off + 57] ^= 1)),
+        ("table past the bootstrap", Box::new(move |b| b[1184..1192].copy_from_slice(&(size as u64 + 4096).to_le_bytes()))),
+        ("table not whole records", Box::new(move |b| b[1184..1192].copy_from_slice(&(size as u64 - 1).to_le_bytes()))),
+        ("offset overflows", Box::new(move |b| b[1176..1184].copy_from_slice(&u64::MAX.to_le_bytes()))),
+    ];
+    for (what, f) in cases {
+        let mut bb = boot.clone();
+        f(&mut bb);
+        let mut cs = parsed.chunks.clone();
+        assert!(matches!(apply_chunk_digests(&bb, &b, &mut cs), Err(RafsError::Corrupt(_))), "{what}");
+    }
+    // A record repeated with another digest.
+    let mut bb = boot.clone();
+    let (r0, r1) = (off, off + 80);
+    let first: Vec<u8> = bb[r0 + 32..r0 + 80].to_vec();
+    bb[r1 + 32..r1 + 80].copy_from_slice(&first);
+    let mut cs = parsed.chunks.clone();
+    let err = apply_chunk_digests(&bb, &b, &mut cs).unwrap_err().to_string();
+    assert!(err.contains("twice"), "{err}");
+    // blake3 images (the other fixtures): no digests attached, nothing refused.
+    let boot2 = std::fs::read(dir.join("dir-zstd/image.boot")).unwrap();
+    let b2 = parse_blob_table(&boot2, 1).unwrap().remove(0);
+    assert_eq!(apply_chunk_digests(&boot2, &b2, &mut []).unwrap(), 0);
+}
