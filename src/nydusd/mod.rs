@@ -440,7 +440,10 @@ impl NydusDaemon {
             }
         }
         self.state.set(State::Ready);
-        self.persist().context("saving the re-adopted bind list")?;
+        // Serving the re-adopted binds matters more than the list: a failure is only logged.
+        if let Err(e) = self.persist() {
+            warn!("takeover: saving the re-adopted bind list: {e:#} (a further failover would lose their backends)");
+        }
         info!("takeover: {} bind(s) re-adopted", self.binds.lock().expect("binds").len());
         Ok(())
     }
