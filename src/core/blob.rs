@@ -108,29 +108,58 @@ impl Blob {
         last: u32,
         wanted: Arc<dyn Fn(u32) -> bool + Send + Sync>,
     ) -> Result<Vec<(u32, AlignedBuf)>, FetchError> {
-        let stored_range = self.map.span(first, last);
-        if stored_range.is_empty() {
-            // Only holes of a nydus blob: nothing stored to fetch.
-            let this = self.clone();
-            return tokio::task::spawn_blocking(move || this.decode_run(first, last, &*wanted, stored_range.start, &[]))
-                .await
-                .map_err(|e| FetchError::Other(format!("decode task failed: {e}")))?;
+        // Decompression and CRC are CPU work: keep them off the async workers. A local source
+        // is read on the same blocking thread that decodes (`None` from a network source: it
+        // is read asynchronously below, then decoded).
+        let (this, w) = (self.clone(), wanted.clone());
+        let local = tokio::task::spawn_blocking(move || this.fetch_span_blocking(first, last, &*w))
+            .await
+            .map_err(|e| FetchError::Other(format!("decode task failed: {e}")))?;
+        if let Some(result) = local {
+            return result;
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let stored = self
-            .source
-            .read_range(&self.id, stored_range.start, stored_range.end - stored_range.start)
-            .await
-            .map_err(|source| {
-                self.stats.errors.fetch_add((last - first + 1) as u64, Ordering::Relaxed);
-                FetchError::Source { blob: self.id.clone(), start: stored_range.start, end: stored_range.end, source }
-            })?;
-        self.stats.stored_bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
+        let stored_range = self.map.span(first, last);
+        let (start, len) = (stored_range.start, stored_range.end - stored_range.start);
+        let stored = self.source.read_range(&self.id, start, len).await;
+        let stored = self.received(first, last, start, len, stored)?;
         let this = self.clone();
-        // Decompression and CRC are CPU work: keep them off the async workers.
-        tokio::task::spawn_blocking(move || this.decode_run(first, last, &*wanted, stored_range.start, &stored))
+        tokio::task::spawn_blocking(move || this.decode_run(first, last, &*wanted, start, &stored))
             .await
             .map_err(|e| FetchError::Other(format!("decode task failed: {e}")))?
+    }
+
+    /// [`Blob::fetch_span`] on this (blocking-pool) thread, when the source reads local files;
+    /// `None` when it does not (read it asynchronously instead).
+    pub fn fetch_span_blocking(
+        &self,
+        first: u32,
+        last: u32,
+        wanted: &dyn Fn(u32) -> bool,
+    ) -> Option<Result<Vec<(u32, AlignedBuf)>, FetchError>> {
+        let stored_range = self.map.span(first, last);
+        if stored_range.is_empty() {
+            // Only holes of a nydus blob: nothing stored to fetch, whatever the source.
+            return Some(self.decode_run(first, last, wanted, stored_range.start, &[]));
+        }
+        let (start, len) = (stored_range.start, stored_range.end - stored_range.start);
+        let stored = self.source.read_range_blocking(&self.id, start, len)?;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        Some(self.received(first, last, start, len, stored).and_then(|s| self.decode_run(first, last, wanted, start, &s)))
+    }
+
+    /// Counts what a source returned for groups `first..=last`, or turns its error into ours.
+    fn received(&self, first: u32, last: u32, start: u64, len: u64, stored: io::Result<Vec<u8>>) -> Result<Vec<u8>, FetchError> {
+        match stored {
+            Ok(stored) => {
+                self.stats.stored_bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
+                Ok(stored)
+            }
+            Err(source) => {
+                self.stats.errors.fetch_add((last - first + 1) as u64, Ordering::Relaxed);
+                Err(FetchError::Source { blob: self.id.clone(), start, end: start + len, source })
+            }
+        }
     }
 
     fn decode_run(
@@ -158,7 +187,9 @@ impl Blob {
                 let sr = self.map.stored_range(g);
                 let piece = &stored[(sr.start - base) as usize..(sr.end - base) as usize];
                 let ur = self.map.group_range(g);
-                let mut buf = AlignedBuf::zeroed((ur.end - ur.start) as usize);
+                // decode() fills every byte (it checks the decoded length), so a recycled
+                // buffer's old contents never survive into the cache.
+                let mut buf = AlignedBuf::recycled((ur.end - ur.start) as usize);
                 decoder.decode(g, &self.record.groups[g as usize], piece, &mut buf).map_err(|source| {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     FetchError::Verify { blob: self.id.clone(), source }

@@ -28,14 +28,28 @@ use super::source::MAX_RANGE;
 use super::readahead::ReadAheadState;
 use super::readiness::Readiness;
 use super::trace::TraceLog;
-use super::writer::Writer;
+use super::writer::{pwrite_all, Writer};
 
 type Outcome = Option<Result<(), Arc<str>>>;
+
+/// How filled groups reach a target's file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WritePath {
+    /// Through the shared io_uring ([`Writer`]): cachefiles anon fds, whose writes go to the
+    /// backing file with O_DIRECT and can wait on the disk.
+    Ring,
+    /// `pwrite` on the thread that read and decoded the group: sparse cache files written
+    /// through the page cache (fanotify), where a write is a memory copy and handing it to
+    /// the ring costs more (a thread hop there and an io-wq worker, since buffered ext4
+    /// writes cannot complete inline in io_uring) than the copy itself.
+    OnFillThread,
+}
 
 /// One blob's address space, materialised in one file the kernel reads.
 pub struct Target {
     pub blob: Arc<Blob>,
     fd: Arc<OwnedFd>,
+    write_path: WritePath,
     pub(super) ready: Readiness,
     pub(super) inflight: Mutex<HashMap<u32, watch::Receiver<Outcome>>>,
     read_ahead: ReadAheadState,
@@ -43,12 +57,18 @@ pub struct Target {
 }
 
 impl Target {
-    /// `fd` must be writable at any offset of the blob's address space.
+    /// A target written through the io_uring ([`WritePath::Ring`]). `fd` must be writable at
+    /// any offset of the blob's address space.
     pub fn new(blob: Arc<Blob>, fd: OwnedFd) -> Arc<Target> {
+        Target::with_write_path(blob, fd, WritePath::Ring)
+    }
+
+    pub fn with_write_path(blob: Arc<Blob>, fd: OwnedFd, write_path: WritePath) -> Arc<Target> {
         let groups = blob.map.group_count() as usize;
         Arc::new(Target {
             blob,
             fd: Arc::new(fd),
+            write_path,
             ready: Readiness::new(groups),
             inflight: Mutex::new(HashMap::new()),
             read_ahead: ReadAheadState::new(groups),
@@ -228,27 +248,28 @@ impl Filler {
         wanted.sort_unstable();
         let spans = plan_requests(&wanted, &target.blob.map, target.blob.source.request_overhead());
         let runs: Vec<(u32, u32)> = spans.iter().map(|s| (s.first, s.last)).collect();
-        let mut tasks = Vec::new();
-        for span in spans {
-            let this = self.clone();
-            let target = target.clone();
-            let (first, last) = (span.first, span.last);
-            let wanted: Arc<dyn Fn(u32) -> bool + Send + Sync> = Arc::new(move |g| span.wants(g));
-            tasks.push(tokio::spawn(async move {
-                let _slot = this.demand_slot().await;
-                let bufs = target.blob.fetch_span(first, last, wanted).await?;
-                let mut results = Vec::with_capacity(bufs.len());
-                for (g, buf) in bufs {
-                    let at = target.blob.map.group_range(g).start;
-                    let r = this.writer.write_all_at(target.fd.clone(), buf, at).await;
-                    results.push((g, r));
-                }
-                Ok::<_, FetchError>(results)
-            }));
-        }
+        // One span (the common case: a read-ahead piece, a random miss) runs in this task; more
+        // run concurrently, each in its own.
+        let outcomes = if spans.len() == 1 {
+            let span = spans.into_iter().next().expect("one span");
+            vec![Ok(self.fetch_and_write(&target, span).await)]
+        } else {
+            let tasks: Vec<_> = spans
+                .into_iter()
+                .map(|span| {
+                    let (this, target) = (self.clone(), target.clone());
+                    tokio::spawn(async move { this.fetch_and_write(&target, span).await })
+                })
+                .collect();
+            let mut outcomes = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                outcomes.push(task.await);
+            }
+            outcomes
+        };
         let mut first_error = None;
-        for (task, (first, last)) in tasks.into_iter().zip(runs) {
-            match task.await {
+        for (outcome, (first, last)) in outcomes.into_iter().zip(runs) {
+            match outcome {
                 Ok(Ok(results)) => {
                     for (g, r) in results {
                         match r {
@@ -283,6 +304,36 @@ impl Filler {
             None => Ok(()),
             Some(e) => Err(e),
         }
+    }
+}
+
+impl Filler {
+    /// One planned request: fetch the span, decode the wanted groups and write each into the
+    /// target. Returns each written group with its write result.
+    async fn fetch_and_write(&self, target: &Arc<Target>, span: Span) -> Result<Vec<(u32, std::io::Result<()>)>, FetchError> {
+        let _slot = self.demand_slot().await;
+        let (first, last) = (span.first, span.last);
+        let wanted: Arc<dyn Fn(u32) -> bool + Send + Sync> = Arc::new(move |g| span.wants(g));
+        if target.write_path == WritePath::OnFillThread {
+            // Read, decode and write on one blocking thread (local sources only).
+            let (t, w) = (target.clone(), wanted.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                let bufs = t.blob.fetch_span_blocking(first, last, &*w)?;
+                Some(bufs.map(|bufs| bufs.into_iter().map(|(g, buf)| (g, pwrite_all(&t.fd, &buf, t.blob.map.group_range(g).start))).collect()))
+            })
+            .await
+            .map_err(|e| FetchError::Other(format!("fill task failed: {e}")))?;
+            if let Some(results) = done {
+                return results;
+            }
+        }
+        let bufs = target.blob.fetch_span(first, last, wanted).await?;
+        let mut results = Vec::with_capacity(bufs.len());
+        for (g, buf) in bufs {
+            let at = target.blob.map.group_range(g).start;
+            results.push((g, self.writer.write_all_at(target.fd.clone(), buf, at).await));
+        }
+        Ok(results)
     }
 }
 
@@ -347,11 +398,16 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_fills_fetch_each_group_once_and_write_exact_bytes() {
+        concurrent_fills(WritePath::Ring).await;
+        concurrent_fills(WritePath::OnFillThread).await;
+    }
+
+    async fn concurrent_fills(write_path: WritePath) {
         let dir = tempfile::tempdir().unwrap();
         let data = address_space(64); // 256 KiB = 4 groups of 64 KiB
         let rec = store(dir.path(), &data);
         let blob = Blob::new(rec, Arc::new(LocalDirSource::new(dir.path()))).unwrap();
-        let (target, file) = sparse_target(dir.path(), &blob);
+        let (target, file) = sparse_target_with(dir.path(), &blob, write_path);
         let filler = Filler::new(Writer::start(), 8);
 
         // 16 requests for overlapping ranges at once.
@@ -399,6 +455,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn corrupt_or_missing_blob_is_an_error_and_leaves_the_range_unfilled() {
+        corrupt_or_missing(WritePath::Ring).await;
+        corrupt_or_missing(WritePath::OnFillThread).await;
+    }
+
+    async fn corrupt_or_missing(write_path: WritePath) {
         let dir = tempfile::tempdir().unwrap();
         let data = address_space(32);
         let rec = store(dir.path(), &data);
@@ -408,7 +469,7 @@ mod tests {
         stored[rec.groups[0].stored_len as usize / 2] ^= 0x55;
         std::fs::write(&path, &stored).unwrap();
         let blob = Blob::new(rec.clone(), Arc::new(LocalDirSource::new(dir.path()))).unwrap();
-        let (target, file) = sparse_target(dir.path(), &blob);
+        let (target, file) = sparse_target_with(dir.path(), &blob, write_path);
         let filler = Filler::new(Writer::start(), 8);
         assert!(filler.fill(&target, 0, 4096).await.is_err());
         assert!(!target.is_ready(0, 4096));
@@ -420,7 +481,7 @@ mod tests {
 
         std::fs::remove_file(&path).unwrap();
         let blob2 = Blob::new(rec, Arc::new(LocalDirSource::new(dir.path()))).unwrap();
-        let (t2, _f) = sparse_target(dir.path(), &blob2);
+        let (t2, _f) = sparse_target_with(dir.path(), &blob2, write_path);
         let err = filler.fill(&t2, 0, 1).await.unwrap_err().to_string();
         assert!(err.contains("No such file"), "{err}");
     }
@@ -611,11 +672,15 @@ mod tests_support {
     }
 
     pub fn sparse_target(dir: &std::path::Path, blob: &Arc<Blob>) -> (Arc<Target>, std::fs::File) {
+        sparse_target_with(dir, blob, WritePath::Ring)
+    }
+
+    pub fn sparse_target_with(dir: &std::path::Path, blob: &Arc<Blob>, write_path: WritePath) -> (Arc<Target>, std::fs::File) {
         let path = dir.join("target");
-        let f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
+        let f = std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(true).open(&path).unwrap();
         f.set_len(blob.size()).unwrap();
         let fd: OwnedFd = f.try_clone().unwrap().into();
-        (Target::new(blob.clone(), fd), f)
+        (Target::with_write_path(blob.clone(), fd, write_path), f)
     }
 
 }

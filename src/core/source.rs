@@ -31,6 +31,14 @@ pub trait BlobSource: Send + Sync + 'static {
     fn request_overhead(&self) -> u64 {
         0
     }
+
+    /// Reads like [`BlobSource::read_range`] but on the calling thread, for sources whose reads
+    /// are plain file reads: the fill engine then reads and decodes on one blocking-pool
+    /// thread instead of hopping between two (one hop per group, a thousand on a cold read of
+    /// a 250 MB image). `None`: this source only reads asynchronously (the network).
+    fn read_range_blocking(&self, _id: &str, _offset: u64, _len: u64) -> Option<io::Result<Vec<u8>>> {
+        None
+    }
 }
 
 /// Blobs as files `<dir>/<sha256-hex>` on a local filesystem.
@@ -95,6 +103,13 @@ impl BlobSource for LocalDirSource {
     fn describe(&self) -> String {
         format!("local directory {}", self.dir.display())
     }
+
+    fn read_range_blocking(&self, id: &str, offset: u64, len: u64) -> Option<io::Result<Vec<u8>>> {
+        if len > MAX_RANGE {
+            return Some(Err(io::Error::new(io::ErrorKind::InvalidInput, format!("range of {len} bytes is too large"))));
+        }
+        Some(self.file(id).and_then(|file| read_exact_at(&file, id, offset, len)))
+    }
 }
 
 fn read_exact_at(file: &File, id: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
@@ -118,6 +133,8 @@ mod tests {
         std::fs::write(dir.path().join(&id), b"0123456789").unwrap();
         let src = LocalDirSource::new(dir.path());
         assert_eq!(src.read_range(&id, 2, 3).await.unwrap(), b"234");
+        assert_eq!(src.read_range_blocking(&id, 2, 3).unwrap().unwrap(), b"234");
+        assert!(src.read_range_blocking(&id, 8, 5).unwrap().is_err());
         let short = src.read_range(&id, 8, 5).await.unwrap_err();
         assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
         assert!(src.read_range("../etc/passwd", 0, 1).await.is_err());

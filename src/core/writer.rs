@@ -97,7 +97,8 @@ impl Writer {
     }
 }
 
-fn pwrite_all(fd: &OwnedFd, buf: &[u8], offset: u64) -> io::Result<()> {
+/// Writes all of `buf` at `offset` with plain `pwrite` calls on this thread.
+pub(super) fn pwrite_all(fd: &OwnedFd, buf: &[u8], offset: u64) -> io::Result<()> {
     let mut done = 0usize;
     while done < buf.len() {
         let rest = &buf[done..];

@@ -23,7 +23,7 @@ use fanotify::Group;
 use tracing::{info, warn};
 
 use crate::core::blob::Blob;
-use crate::core::fill::Target;
+use crate::core::fill::{Target, WritePath};
 use crate::daemon::supervisor::fd_store;
 
 pub struct CacheFile {
@@ -98,7 +98,8 @@ impl Registry {
             bail!("cache file {} is not a {}-byte regular file", path.display(), blob.size());
         }
         crate::cache::touch_fd(fd.as_fd()); // last use (cache LRU)
-        let target = Target::new(blob.clone(), fd);
+        // A sparse file written through the page cache: pwrite where the group was decoded.
+        let target = Target::with_write_path(blob.clone(), fd, WritePath::OnFillThread);
         let ready = target.scan_ready().with_context(|| format!("scanning {}", path.display()))?;
         let complete = target.readiness().is_complete();
         // Mark before any mount opens the file (a restarted worker re-adds an existing mark: harmless).
