@@ -52,6 +52,27 @@ unsafe extern "C" fn zfree(_opaque: z::voidpf, p: z::voidpf) {
 /// Between [`RawInflater::resume`] and the next resume, every call must pass the same `input`:
 /// the compressed bytes from the resume point on. The decoder remembers how much of it it has
 /// consumed; zlib keeps no pointer into it between calls.
+/// A zlib stream with no input, no output and our allocator, ready for an `inflateInit2_`
+/// (boxed: zlib's state points back at the stream and refuses a moved one).
+fn empty_stream() -> Box<z::z_stream> {
+    Box::new(z::z_stream {
+        next_in: ptr::null_mut(),
+        avail_in: 0,
+        total_in: 0,
+        next_out: ptr::null_mut(),
+        avail_out: 0,
+        total_out: 0,
+        msg: ptr::null_mut(),
+        state: ptr::null_mut(),
+        zalloc,
+        zfree,
+        opaque: ptr::null_mut(),
+        data_type: 0,
+        adler: 0,
+        reserved: 0,
+    })
+}
+
 pub struct RawInflater {
     // Boxed: zlib's state points back at the stream and refuses a moved one.
     strm: Box<z::z_stream>,
@@ -66,22 +87,7 @@ unsafe impl Send for RawInflater {}
 
 impl RawInflater {
     pub fn new() -> Result<RawInflater, InflateError> {
-        let mut strm = Box::new(z::z_stream {
-            next_in: ptr::null_mut(),
-            avail_in: 0,
-            total_in: 0,
-            next_out: ptr::null_mut(),
-            avail_out: 0,
-            total_out: 0,
-            msg: ptr::null_mut(),
-            state: ptr::null_mut(),
-            zalloc,
-            zfree,
-            opaque: ptr::null_mut(),
-            data_type: 0,
-            adler: 0,
-            reserved: 0,
-        });
+        let mut strm = empty_stream();
         // Negative window bits: raw DEFLATE, no zlib/gzip wrapper expected.
         let ret = unsafe {
             z::inflateInit2_(&mut *strm, -15, z::zlibVersion(), std::mem::size_of::<z::z_stream>() as c_int)

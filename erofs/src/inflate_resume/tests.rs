@@ -55,22 +55,11 @@ struct Point {
 /// Walks one gzip member block by block and records a resume point at every block boundary.
 fn points(gz: &[u8], plain_len: usize) -> Vec<Point> {
     let mut out = vec![0u8; plain_len];
-    let mut strm = Box::new(z::z_stream {
-        next_in: gz.as_ptr() as *mut u8,
-        avail_in: gz.len() as c_uint,
-        total_in: 0,
-        next_out: out.as_mut_ptr(),
-        avail_out: out.len() as c_uint,
-        total_out: 0,
-        msg: ptr::null_mut(),
-        state: ptr::null_mut(),
-        zalloc,
-        zfree,
-        opaque: ptr::null_mut(),
-        data_type: 0,
-        adler: 0,
-        reserved: 0,
-    });
+    let mut strm = empty_stream();
+    strm.next_in = gz.as_ptr() as *mut u8;
+    strm.avail_in = gz.len() as c_uint;
+    strm.next_out = out.as_mut_ptr();
+    strm.avail_out = out.len() as c_uint;
     // 31 = gzip wrapper, 32 KiB window.
     assert_eq!(unsafe { z::inflateInit2_(&mut *strm, 31, z::zlibVersion(), std::mem::size_of::<z::z_stream>() as c_int) }, z::Z_OK);
     let mut pts = Vec::new();
