@@ -194,14 +194,21 @@ fn chunks_decode_and_verify() {
     assert_eq!(crc32c(b"123456789"), 0xE306_9283);
 }
 
-#[test]
-fn real_fixture_blob_tables_parse() {
+/// The nydus fixture images (`$EROFSD_NYDUS_FIXTURES`, default /work/shared/fixtures/nydus), or
+/// `None` after a loud skip on a machine without them; under CI their absence fails the test.
+pub(crate) fn fixture_dir() -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("EROFSD_NYDUS_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|| "/work/shared/fixtures/nydus".into());
     if !dir.exists() {
         assert!(std::env::var_os("CI").is_none(), "nydus fixtures missing at {} under CI", dir.display());
         eprintln!("SKIP (loud): nydus fixtures not present at {}; set EROFSD_NYDUS_FIXTURES", dir.display());
-        return;
+        return None;
     }
+    Some(dir)
+}
+
+#[test]
+fn real_fixture_blob_tables_parse() {
+    let Some(dir) = fixture_dir() else { return };
     for (name, comp) in [("dir-zstd", Compressor::Zstd), ("dir-lz4_block", Compressor::Lz4Block), ("targz-rafs", Compressor::Zstd)] {
         let boot = std::fs::read(dir.join(name).join("image.boot")).unwrap();
         assert!(is_rafs_v6(&boot));

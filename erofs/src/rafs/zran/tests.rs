@@ -201,12 +201,7 @@ fn hostile_zran_blob_entries_are_refused() {
 #[test]
 fn real_targz_ref_fixture_decodes() {
     use std::io::Read;
-    let dir = std::env::var_os("EROFSD_NYDUS_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|| "/work/shared/fixtures/nydus".into());
-    if !dir.exists() {
-        assert!(std::env::var_os("CI").is_none(), "nydus fixtures missing at {} under CI", dir.display());
-        eprintln!("SKIP (loud): nydus fixtures not present at {}; set EROFSD_NYDUS_FIXTURES", dir.display());
-        return;
-    }
+    let Some(dir) = crate::rafs::tests::fixture_dir() else { return };
     let img = dir.join("targz-ref");
     let boot = std::fs::read(img.join("image.boot")).unwrap();
     let t = parse_blob_table(&boot, 1).unwrap();
@@ -241,12 +236,7 @@ fn real_targz_ref_fixture_decodes() {
 /// match; a lying table is refused at load or caught on decode.
 #[test]
 fn chunk_table_digests_verify_zran_chunks() {
-    let dir = std::env::var_os("EROFSD_NYDUS_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|| "/work/shared/fixtures/nydus".into());
-    if !dir.exists() {
-        assert!(std::env::var_os("CI").is_none(), "nydus fixtures missing at {} under CI", dir.display());
-        eprintln!("SKIP (loud): nydus fixtures not present at {}; set EROFSD_NYDUS_FIXTURES", dir.display());
-        return;
-    }
+    let Some(dir) = crate::rafs::tests::fixture_dir() else { return };
     let img = dir.join("targz-ref");
     let boot = std::fs::read(img.join("image.boot")).unwrap();
     let b = parse_blob_table(&boot, 1).unwrap().remove(0);
