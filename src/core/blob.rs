@@ -115,9 +115,20 @@ impl Blob {
         let local = tokio::task::spawn_blocking(move || this.fetch_span_blocking(first, last, &*w))
             .await
             .map_err(|e| FetchError::Other(format!("decode task failed: {e}")))?;
-        if let Some(result) = local {
-            return result;
+        match local {
+            Some(result) => result,
+            None => self.fetch_span_remote(first, last, wanted).await,
         }
+    }
+
+    /// [`Blob::fetch_span`] for a source that reads only asynchronously (`read_range_blocking`
+    /// gave `None`): read it on the runtime, decode on the blocking pool.
+    pub async fn fetch_span_remote(
+        self: &Arc<Self>,
+        first: u32,
+        last: u32,
+        wanted: Arc<dyn Fn(u32) -> bool + Send + Sync>,
+    ) -> Result<Vec<(u32, AlignedBuf)>, FetchError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let stored_range = self.map.span(first, last);
         let (start, len) = (stored_range.start, stored_range.end - stored_range.start);

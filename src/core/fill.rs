@@ -23,6 +23,7 @@ use tracing::warn;
 
 use erofs::blob::GroupMap;
 
+use super::aligned::AlignedBuf;
 use super::blob::{Blob, FetchError};
 use super::source::MAX_RANGE;
 use super::readahead::ReadAheadState;
@@ -323,11 +324,21 @@ impl Filler {
             })
             .await
             .map_err(|e| FetchError::Other(format!("fill task failed: {e}")))?;
-            if let Some(results) = done {
-                return results;
+            match done {
+                Some(results) => return results,
+                // Not a local source: already known, skip fetch_span's own local attempt.
+                None => {
+                    let bufs = target.blob.fetch_span_remote(first, last, wanted).await?;
+                    return self.write_through_ring(target, bufs).await;
+                }
             }
         }
         let bufs = target.blob.fetch_span(first, last, wanted).await?;
+        self.write_through_ring(target, bufs).await
+    }
+
+    /// Writes decoded groups with the shared writer; each group with its write result.
+    async fn write_through_ring(&self, target: &Arc<Target>, bufs: Vec<(u32, AlignedBuf)>) -> Result<Vec<(u32, std::io::Result<()>)>, FetchError> {
         let mut results = Vec::with_capacity(bufs.len());
         for (g, buf) in bufs {
             let at = target.blob.map.group_range(g).start;
