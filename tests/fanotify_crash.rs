@@ -6,14 +6,14 @@
 mod common;
 mod fanotify_harness;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::compare::{assert_trees_equal, Options};
 use common::{cli, fixtures};
-use fanotify_harness::{regular_files, require_fanotify, Daemon, MountDir};
+use fanotify_harness::{children_of, pid_alive, regular_files, require_fanotify, Daemon, MountDir};
 
 /// Reads `path` fully; EIO (a denied event) is retried, anything else fails.
 fn read_retrying(path: &std::path::Path, eio: &AtomicU64) -> Vec<u8> {
@@ -30,26 +30,15 @@ fn read_retrying(path: &std::path::Path, eio: &AtomicU64) -> Vec<u8> {
     }
 }
 
-#[test]
-fn fanotify_sigkill_worker_during_cold_read_storm() {
-    let test = "fanotify_sigkill_worker_during_cold_read_storm";
-    let s = fixtures::scratch(test);
-    if !require_fanotify(test, s.path()) {
-        return;
-    }
-    let src = fixtures::fixture("rootfs").join("tree");
-    let img = s.path().join("img");
-    cli::erofsd_build(&[&src], &img, &[]);
-    let mut d = Daemon::start(s.path(), true);
-    let mnt = MountDir::new(s.path(), "mnt");
-    d.mount(&img, &mnt.0);
-
-    let files: Arc<Vec<PathBuf>> = Arc::new(regular_files(&src));
-    let src = Arc::new(src);
-    let root = Arc::new(mnt.0.clone());
+/// Eight readers over the whole tree of `src` mounted at `mnt`, each comparing every byte with
+/// the source (EIO is retried, zeros or wrong bytes fail). `crash` runs once the daemon has seen
+/// 200 events, while the storm is cold; the storm must then complete.
+fn cold_read_storm(d: &Daemon, src: &Path, mnt: &Path, crash: impl FnOnce()) {
+    let files: Arc<Vec<PathBuf>> = Arc::new(regular_files(src));
+    let src = Arc::new(src.to_path_buf());
+    let root = Arc::new(mnt.to_path_buf());
     let eio = Arc::new(AtomicU64::new(0));
     let done_files = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     for t in 0..8usize {
         let (files, src, root, eio, done_files) = (files.clone(), src.clone(), root.clone(), eio.clone(), done_files.clone());
@@ -68,43 +57,111 @@ fn fanotify_sigkill_worker_during_cold_read_storm() {
         }));
     }
 
-    // Kill the worker while the storm is cold and events are in flight.
-    let before = d.worker_pid();
     let t0 = Instant::now();
     while d.frontend("events") < 200 && t0.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(5));
     }
     let in_flight = d.metrics()["frontend"]["journal_in_use"].clone();
-    let read_at_kill = done_files.load(Ordering::Relaxed);
-    // SAFETY: signalling the worker we started (through the supervisor).
-    assert_eq!(unsafe { libc::kill(before, libc::SIGKILL) }, 0);
-    eprintln!("SIGKILLed worker {before} after {read_at_kill} files read, journal in use {in_flight}");
-
-    // The supervisor restarts it; it re-adopts the mount and answers its predecessor's events.
-    let t1 = Instant::now();
-    let after = loop {
-        let p = d.worker_pid();
-        if p != before {
-            break p;
-        }
-        assert!(t1.elapsed() < Duration::from_secs(20), "worker was not restarted");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    d.wait_api();
+    let read_at_crash = done_files.load(Ordering::Relaxed);
+    crash();
+    eprintln!("crash after {read_at_crash} files read, journal in use {in_flight}");
     let mut ok = true;
     for r in readers {
         ok &= r.join().is_ok();
     }
-    stop.store(true, Ordering::Relaxed);
     assert!(ok, "a reader saw wrong bytes or failed; log:\n{}", d.log_text());
-    let m = d.metrics();
-    eprintln!("worker {before} -> {after}; readers retried {} EIO(s); metrics after restart: {m}", eio.load(Ordering::Relaxed));
-    assert!(read_at_kill < 8 * files.len() as u64, "the kill landed after the storm");
+    eprintln!("readers retried {} EIO(s); metrics after the crash: {}", eio.load(Ordering::Relaxed), d.metrics());
+    assert!(read_at_crash < 8 * files.len() as u64, "the crash landed after the storm");
     assert_eq!(done_files.load(Ordering::Relaxed), 8 * files.len() as u64);
-    let mounts = d.metrics();
-    assert!(mounts["frontend"]["events"].as_u64().unwrap() > 0, "the new worker served the rest of the storm");
+    assert!(d.frontend("events") > 0, "the new worker served the rest of the storm");
+}
+
+/// SIGKILLs `worker` and waits for `supervisor` to start its successor.
+fn kill_worker_and_wait_restart(d: &Daemon, supervisor: i32, worker: i32) -> i32 {
+    // SAFETY: signalling the worker we started (through the supervisor).
+    assert_eq!(unsafe { libc::kill(worker, libc::SIGKILL) }, 0);
+    let t0 = Instant::now();
+    let after = loop {
+        if let Some(p) = children_of(supervisor).into_iter().find(|&p| p != worker && pid_alive(p)) {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "worker was not restarted; log:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    d.wait_api();
+    eprintln!("worker {worker} SIGKILLed; supervisor {supervisor} restarted it as {after}");
+    after
+}
+
+#[test]
+fn fanotify_sigkill_worker_during_cold_read_storm() {
+    let test = "fanotify_sigkill_worker_during_cold_read_storm";
+    let s = fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let src = fixtures::fixture("rootfs").join("tree");
+    let img = s.path().join("img");
+    cli::erofsd_build(&[&src], &img, &[]);
+    let mut d = Daemon::start(s.path(), true);
+    let mnt = MountDir::new(s.path(), "mnt");
+    d.mount(&img, &mnt.0);
+
+    // The supervisor restarts the worker; it re-adopts the mount and answers its predecessor's
+    // events.
+    let supervisor = d.child.as_ref().unwrap().id() as i32;
+    let worker = d.worker_pid();
+    cold_read_storm(&d, &src, &mnt.0, || {
+        kill_worker_and_wait_restart(&d, supervisor, worker);
+    });
 
     // The whole tree, metadata included, is intact; then a clean stop unmounts.
+    assert_trees_equal(&src, &mnt.0, &Options::default());
+    d.stop();
+    assert!(!erofsd::frontend::fanotify::sysmount::is_erofs_mount(&mnt.0), "clean stop left the mount up");
+}
+
+/// The supervisor itself is SIGKILLed: the worker starts a new one that adopts it and holds
+/// the group again, so a later SIGKILL of the worker during a cold storm is as safe as before.
+/// A SIGTERM to the new supervisor then stops everything cleanly.
+#[test]
+fn fanotify_sigkill_supervisor_then_worker() {
+    let test = "fanotify_sigkill_supervisor_then_worker";
+    let s = fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let src = fixtures::fixture("rootfs").join("tree");
+    let img = s.path().join("img");
+    cli::erofsd_build(&[&src], &img, &[]);
+    let mut d = Daemon::start(s.path(), true);
+    let mnt = MountDir::new(s.path(), "mnt");
+    d.mount(&img, &mnt.0);
+
+    let first = d.child.as_ref().unwrap().id() as i32;
+    let worker = d.worker_pid();
+    assert_eq!(d.info()["holder_pid"], first, "the worker names its supervisor");
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    d.child.take().unwrap().wait().unwrap();
+
+    let t0 = Instant::now();
+    let guard = loop {
+        match d.info()["holder_pid"].as_i64() {
+            Some(p) if p as i32 != first => break p as i32,
+            _ => {}
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no new supervisor; log:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    d.adopted_supervisor = Some(guard);
+    assert!(pid_alive(guard), "the new supervisor {guard} is not running");
+    assert_eq!(d.info()["holder"], "erofsd supervisor");
+    eprintln!("supervisor {first} SIGKILLed; worker {worker} started supervisor {guard}");
+
+    cold_read_storm(&d, &src, &mnt.0, || {
+        kill_worker_and_wait_restart(&d, guard, worker);
+    });
     assert_trees_equal(&src, &mnt.0, &Options::default());
     d.stop();
     assert!(!erofsd::frontend::fanotify::sysmount::is_erofs_mount(&mnt.0), "clean stop left the mount up");

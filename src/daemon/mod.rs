@@ -59,6 +59,10 @@ pub struct DaemonInfo {
     pub frontend: &'static str,
     pub cache_dir: PathBuf,
     pub mounts: usize,
+    /// Who keeps the kernel channels open across a crash of this process.
+    pub holder: &'static str,
+    /// The supervisor's pid, when that is the holder (it changes if it is restarted).
+    pub holder_pid: Option<u32>,
 }
 
 impl Daemon {
@@ -75,12 +79,18 @@ impl Daemon {
     }
 
     pub fn info(&self) -> DaemonInfo {
+        let (holder, holder_pid) = {
+            let store = supervisor::fd_store().lock().expect("fd store");
+            (store.describe(), store.holder_pid())
+        };
         DaemonInfo {
             version: env!("CARGO_PKG_VERSION"),
             state: "RUNNING",
             frontend: self.frontend.name(),
             cache_dir: self.config.cache_dir.clone(),
             mounts: self.mounts.lock().expect("mounts").len(),
+            holder,
+            holder_pid,
         }
     }
 
@@ -203,6 +213,7 @@ pub async fn serve(daemon: Arc<Daemon>) -> Result<()> {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
     }
+    supervisor::fd_store().lock().expect("fd store").stopping();
     api.abort();
     if let Some(gc) = gc {
         gc.abort();

@@ -19,13 +19,21 @@
 //!
 //! Supervisor protocol (SOCK_SEQPACKET socketpair, child end passed as `EROFSD_SUPERVISOR_FD`):
 //! child → `HELLO`; supervisor → one `FD <name>` message per held fd (fd attached), then `END`.
-//! child → `STORE <name>` (fd attached) | `REMOVE <name>`. Nothing is answered to those.
+//! child → `STORE <name>` (fd attached) | `REMOVE <name>` | `STOPPING` (a clean shutdown has
+//! begun). Nothing is answered to those.
+//!
+//! The two processes guard each other. The supervisor restarts a worker that dies; a worker
+//! whose supervisor dies (its socket reaches EOF) starts a new one in *adopt* mode
+//! (`EROFSD_ADOPT=<worker pid>:<socket fd>`, same command line plus `--supervise`) and parks
+//! every fd it has parked before with it. So one SIGKILL, of either process, never leaves the
+//! kernel channels without a holder; only both dying together (a cgroup kill) does.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +46,10 @@ use tracing::{info, warn};
 
 /// Environment variable naming the child's end of the supervisor socket.
 pub const SUPERVISOR_FD_ENV: &str = "EROFSD_SUPERVISOR_FD";
+/// Environment variable telling a new supervisor to adopt a running worker: `<pid>:<fd>`.
+const ADOPT_ENV: &str = "EROFSD_ADOPT";
+/// A worker restarts its supervisor at most this often within [`RESTART_WINDOW`].
+const MAX_REGUARDS: usize = 5;
 const MSG_MAX: usize = 512;
 
 /// Where parked fds go.
@@ -51,8 +63,15 @@ enum Holder {
 
 pub struct FdStore {
     holder: Holder,
+    /// Pid of our supervisor, when the holder is one.
+    holder_pid: Option<u32>,
     /// Fds handed to us at start, not yet taken by a front-end.
     inherited: HashMap<String, OwnedFd>,
+    /// Duplicates of everything the supervisor holds for us, to park again with a new
+    /// supervisor if this one dies.
+    parked: HashMap<String, OwnedFd>,
+    /// A clean shutdown has begun (told to every supervisor, the next one included).
+    stopping: bool,
 }
 
 static STORE: OnceLock<Mutex<FdStore>> = OnceLock::new();
@@ -73,24 +92,42 @@ impl FdStore {
                 Ok(fds) => fds,
                 Err(e) => {
                     warn!("supervisor socket: {e}; running without a holder");
-                    return FdStore { holder: Holder::None, inherited: HashMap::new() };
+                    return FdStore::detached();
                 }
             };
             if !inherited.is_empty() {
                 info!("supervisor handed back {} fd(s): {:?}", inherited.len(), inherited.keys().collect::<Vec<_>>());
             }
-            return FdStore { holder: Holder::Supervisor(sock), inherited };
+            // The supervisor keeps holding what it handed back: remember duplicates.
+            let parked = inherited.iter().filter_map(|(n, f)| Some((n.clone(), f.try_clone().ok()?))).collect();
+            match sock.try_clone() {
+                Ok(watch) => {
+                    if let Err(e) = std::thread::Builder::new().name("erofsd-holder".into()).spawn(move || watch_supervisor(watch)) {
+                        warn!("cannot watch the supervisor ({e}): if it dies, a later crash of this daemon has no holder");
+                    }
+                }
+                Err(e) => warn!("cannot watch the supervisor ({e}): if it dies, a later crash of this daemon has no holder"),
+            }
+            // SAFETY: getppid has no preconditions.
+            let ppid = unsafe { libc::getppid() } as u32;
+            return FdStore { holder: Holder::Supervisor(sock), holder_pid: Some(ppid), inherited, parked, stopping: false };
         }
         let inherited = systemd_listen_fds();
-        match std::env::var("NOTIFY_SOCKET") {
-            Ok(addr) if !addr.is_empty() => FdStore { holder: Holder::Systemd(addr), inherited },
-            _ => FdStore { holder: Holder::None, inherited },
-        }
+        let holder = match std::env::var("NOTIFY_SOCKET") {
+            Ok(addr) if !addr.is_empty() => Holder::Systemd(addr),
+            _ => Holder::None,
+        };
+        FdStore { holder, inherited, ..FdStore::detached() }
     }
 
     /// A store with no holder (tests, `erofsd doctor`).
     pub fn detached() -> FdStore {
-        FdStore { holder: Holder::None, inherited: HashMap::new() }
+        FdStore { holder: Holder::None, holder_pid: None, inherited: HashMap::new(), parked: HashMap::new(), stopping: false }
+    }
+
+    /// The supervisor's pid, when the holder is our supervisor.
+    pub fn holder_pid(&self) -> Option<u32> {
+        self.holder_pid
     }
 
     pub fn describe(&self) -> &'static str {
@@ -117,22 +154,120 @@ impl FdStore {
     }
 
     /// Parks a duplicate of `fd` under `name` with the holder (no-op without one).
-    pub fn store(&self, name: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
+    pub fn store(&mut self, name: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
         check_name(name)?;
         match &self.holder {
             Holder::None => Ok(()),
-            Holder::Supervisor(sock) => send_with_fd(sock.as_fd(), format!("STORE {name}").as_bytes(), Some(fd)),
+            Holder::Supervisor(sock) => {
+                send_with_fd(sock.as_fd(), format!("STORE {name}").as_bytes(), Some(fd))?;
+                self.parked.insert(name.to_string(), fd.try_clone_to_owned()?);
+                Ok(())
+            }
             Holder::Systemd(addr) => sd_notify(addr, &format!("FDSTORE=1\nFDNAME={name}"), Some(fd)),
         }
     }
 
     /// Tells the holder to let `name` go (clean shutdown: the channel may close now).
-    pub fn remove(&self, name: &str) -> io::Result<()> {
+    pub fn remove(&mut self, name: &str) -> io::Result<()> {
         check_name(name)?;
         match &self.holder {
             Holder::None => Ok(()),
-            Holder::Supervisor(sock) => send_with_fd(sock.as_fd(), format!("REMOVE {name}").as_bytes(), None),
+            Holder::Supervisor(sock) => {
+                self.parked.remove(name);
+                send_with_fd(sock.as_fd(), format!("REMOVE {name}").as_bytes(), None)
+            }
             Holder::Systemd(addr) => sd_notify(addr, &format!("FDSTOREREMOVE=1\nFDNAME={name}"), None),
+        }
+    }
+
+    /// Tells our supervisor that a clean shutdown has begun: when this process exits, what is
+    /// still parked is left for the failsafe, not handed to a restarted daemon. (Our own child
+    /// exit status says the same to the supervisor that started us; one that adopted us cannot
+    /// see that status.)
+    pub fn stopping(&mut self) {
+        self.stopping = true;
+        if let Holder::Supervisor(sock) = &self.holder {
+            if let Err(e) = send_with_fd(sock.as_fd(), b"STOPPING", None) {
+                warn!("telling the supervisor we stop: {e}");
+            }
+        }
+    }
+
+    /// Starts a new supervisor that adopts this process, parks everything with it and makes it
+    /// the holder. Returns our socket end (to watch) and the new supervisor's process.
+    fn reguard(&mut self) -> io::Result<(OwnedFd, std::process::Child)> {
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+        let fd = theirs.as_raw_fd();
+        let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        args.push("--supervise".into());
+        // /proc/self/exe still runs if the binary was replaced on disk since we started.
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.args(&args).env(ADOPT_ENV, format!("{}:{fd}", std::process::id()));
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                // Its own session: a terminal's ^C reaches the daemon once, not twice.
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        drop(theirs);
+        for (name, f) in &self.parked {
+            send_with_fd(ours.as_fd(), format!("STORE {name}").as_bytes(), Some(f.as_fd()))?;
+        }
+        if self.stopping {
+            send_with_fd(ours.as_fd(), b"STOPPING", None)?;
+        }
+        let watch = ours.try_clone()?;
+        self.holder = Holder::Supervisor(ours);
+        self.holder_pid = Some(child.id());
+        Ok((watch, child))
+    }
+}
+
+/// Worker side: waits for the supervisor's end of the socket to close (it died), then starts a
+/// new supervisor, again and again, so that a crash of this process always finds a holder.
+fn watch_supervisor(mut sock: OwnedFd) {
+    let mut ours: Option<std::process::Child> = None;
+    let mut starts: Vec<Instant> = Vec::new();
+    loop {
+        // Nothing is sent to a worker after the hand-back, so anything but EOF is ignored.
+        while let Ok(Some(_)) = recv_with_fds(sock.as_fd()) {}
+        if let Some(mut c) = ours.take() {
+            let _ = c.try_wait();
+        }
+        let mut store = fd_store().lock().expect("fd store");
+        let now = Instant::now();
+        starts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if starts.len() >= MAX_REGUARDS {
+            tracing::error!(
+                "the supervisor died {MAX_REGUARDS} times within {RESTART_WINDOW:?}; running WITHOUT a holder: if this daemon dies now, readers of unfilled ranges are not protected"
+            );
+            store.holder = Holder::None;
+            store.holder_pid = None;
+            return;
+        }
+        starts.push(now);
+        warn!("the supervisor (fd holder, pid {:?}) is gone; starting a new one", store.holder_pid);
+        match store.reguard() {
+            Ok((watch, child)) => {
+                info!("new supervisor pid {} holds {} fd(s) for us", child.id(), store.parked.len());
+                sock = watch;
+                ours = Some(child);
+            }
+            Err(e) => {
+                tracing::error!("starting a new supervisor: {e}; running WITHOUT a holder");
+                store.holder = Holder::None;
+                store.holder_pid = None;
+                return;
+            }
         }
     }
 }
@@ -252,9 +387,60 @@ fn sd_notify(addr: &str, state: &str, fd: Option<BorrowedFd<'_>>) -> io::Result<
 const MAX_RESTARTS: usize = 5;
 const RESTART_WINDOW: Duration = Duration::from_secs(30);
 
+/// The daemon process a supervisor guards.
+enum Worker {
+    /// Started by us: its exit status says whether it crashed.
+    Child(std::process::Child),
+    /// A running daemon whose previous supervisor died ([`ADOPT_ENV`]). Not our child: its
+    /// exit is seen as EOF on its socket, and a `STOPPING` message before it says "clean".
+    Adopted(i32),
+}
+
+/// How a worker ended.
+enum Ended {
+    Clean,
+    Crashed(String),
+}
+
+/// `EROFSD_ADOPT=<pid>:<fd>`, set by a worker that starts us to replace its dead supervisor.
+fn adopt_from_env() -> Option<(i32, OwnedFd)> {
+    let v = std::env::var(ADOPT_ENV).ok()?;
+    std::env::remove_var(ADOPT_ENV);
+    let (pid, fd) = v.split_once(':')?;
+    let (pid, fd) = (pid.parse::<i32>().ok()?, fd.parse::<RawFd>().ok()?);
+    let _ = set_cloexec(fd);
+    // SAFETY: the worker that started us created this fd for us and passed its number.
+    Some((pid, unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Starts the daemon as our child with its end of a new supervisor socket.
+fn spawn_worker(exe: &std::path::Path, args: &[OsString]) -> Result<(Worker, OwnedFd)> {
+    let (ours, theirs) =
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("socketpair")?;
+    let child_fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args).env(SUPERVISOR_FD_ENV, child_fd.to_string());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(child_fd, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
+    drop(theirs);
+    Ok((Worker::Child(child), ours))
+}
+
 /// Runs `exe args…` as the daemon child, holding the fds it parks, restarting it when it dies
 /// abnormally. Returns the exit code to use. SIGTERM/SIGINT are forwarded to the child; once the
-/// child exits cleanly the held fds are closed and the supervisor exits too.
+/// child exits cleanly the held fds are closed and the supervisor exits too. Started by a
+/// worker whose supervisor died, it first guards that worker, then restarts as usual.
 pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
     // Block the signals we wait for before any thread exists, so sigwait sees them all.
     let mut set = nix::sys::signal::SigSet::empty();
@@ -265,63 +451,74 @@ pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
 
     let held: Arc<Mutex<HashMap<String, OwnedFd>>> = Arc::new(Mutex::new(HashMap::new()));
     let mut restarts: Vec<Instant> = Vec::new();
+    let mut adopt = adopt_from_env();
     loop {
-        let (ours, theirs) =
-            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("socketpair")?;
-        let child_fd = theirs.as_raw_fd();
-        let mut cmd = std::process::Command::new(exe);
-        cmd.args(args).env(SUPERVISOR_FD_ENV, child_fd.to_string());
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::fcntl(child_fd, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let mut empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut empty);
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
-        drop(theirs);
-        let pid = child.id() as i32;
-        info!("supervisor: daemon started (pid {pid}), holding {} fd(s)", held.lock().expect("held").len());
-        let serve_held = held.clone();
+        let (mut worker, ours) = match adopt.take() {
+            Some((pid, sock)) => {
+                info!("supervisor: guarding the running daemon (pid {pid}), whose previous supervisor died");
+                (Worker::Adopted(pid), sock)
+            }
+            None => spawn_worker(exe, args)?,
+        };
+        let pid = match &worker {
+            Worker::Child(c) => c.id() as i32,
+            Worker::Adopted(p) => *p,
+        };
+        info!("supervisor: daemon pid {pid}, holding {} fd(s)", held.lock().expect("held").len());
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (serve_held, serve_stopping) = (held.clone(), stopping.clone());
+        let wake_on_eof = matches!(worker, Worker::Adopted(_));
         let server = std::thread::Builder::new()
             .name("erofsd-supervise".into())
-            .spawn(move || serve_child(ours, serve_held))
+            .spawn(move || {
+                serve_child(ours, serve_held, serve_stopping);
+                if wake_on_eof {
+                    // An adopted worker's exit raises no SIGCHLD here: raise one for sigwait.
+                    // SAFETY: signalling ourselves.
+                    unsafe { libc::kill(libc::getpid(), libc::SIGCHLD) };
+                }
+            })
             .context("supervisor thread")?;
 
-        let status = loop {
+        let ended = loop {
             let sig = set.wait().context("sigwait")?;
-            match sig {
-                nix::sys::signal::SIGCHLD => {
+            match (sig, &mut worker) {
+                (nix::sys::signal::SIGCHLD, Worker::Child(child)) => {
                     if let Some(st) = child.try_wait().context("waitpid")? {
-                        break st;
+                        break if st.success() { Ended::Clean } else { Ended::Crashed(describe_status(st)) };
                     }
                 }
-                other => {
+                (nix::sys::signal::SIGCHLD, Worker::Adopted(_)) => {
+                    if server.is_finished() {
+                        break if stopping.load(Ordering::SeqCst) {
+                            Ended::Clean
+                        } else {
+                            Ended::Crashed("died (its exit status is not ours to see)".into())
+                        };
+                    }
+                }
+                (other, _) => {
                     info!("supervisor: {other:?}: stopping the daemon");
-                    // SAFETY: signalling our own child.
+                    // SAFETY: signalling the worker we guard.
                     unsafe { libc::kill(pid, other as i32) };
-                    let st = child.wait().context("waitpid")?;
+                    let code = match &mut worker {
+                        Worker::Child(child) => child.wait().context("waitpid")?.code().unwrap_or(1),
+                        Worker::Adopted(_) => 0,
+                    };
                     let _ = server.join();
                     release_held(&held, &set);
-                    return Ok(st.code().unwrap_or(1));
+                    return Ok(code);
                 }
             }
         };
         let _ = server.join();
-        use std::os::unix::process::ExitStatusExt;
-        if status.success() {
-            info!("supervisor: daemon exited cleanly");
-            release_held(&held, &set);
-            return Ok(0);
-        }
-        let how = match status.signal() {
-            Some(s) => format!("killed by signal {s}"),
-            None => format!("exited with {}", status.code().unwrap_or(-1)),
+        let how = match ended {
+            Ended::Clean => {
+                info!("supervisor: daemon exited cleanly");
+                release_held(&held, &set);
+                return Ok(0);
+            }
+            Ended::Crashed(how) => how,
         };
         let now = Instant::now();
         restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
@@ -332,6 +529,14 @@ pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
         restarts.push(now);
         warn!("supervisor: daemon {how}; restarting with {} held fd(s)", held.lock().expect("held").len());
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn describe_status(st: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match st.signal() {
+        Some(s) => format!("killed by signal {s}"),
+        None => format!("exited with {}", st.code().unwrap_or(-1)),
     }
 }
 
@@ -346,7 +551,7 @@ fn release_held(held: &Mutex<HashMap<String, OwnedFd>>, signals: &nix::sys::sign
 }
 
 /// Serves one child's socket until it closes (the child exited).
-fn serve_child(sock: OwnedFd, held: Arc<Mutex<HashMap<String, OwnedFd>>>) {
+fn serve_child(sock: OwnedFd, held: Arc<Mutex<HashMap<String, OwnedFd>>>, stopping: Arc<AtomicBool>) {
     loop {
         let (msg, mut fds) = match recv_with_fds(sock.as_fd()) {
             Ok(Some(m)) => m,
@@ -375,6 +580,8 @@ fn serve_child(sock: OwnedFd, held: Arc<Mutex<HashMap<String, OwnedFd>>>) {
             }
         } else if let Some(name) = text.strip_prefix("REMOVE ") {
             held.lock().expect("held").remove(name);
+        } else if text == "STOPPING" {
+            stopping.store(true, Ordering::SeqCst);
         } else {
             warn!("supervisor: unknown message {text:?}");
         }
@@ -390,8 +597,8 @@ mod tests {
         let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
         let held = Arc::new(Mutex::new(HashMap::new()));
         let h = held.clone();
-        let t = std::thread::spawn(move || serve_child(a, h));
-        let store = FdStore { holder: Holder::Supervisor(b.try_clone().unwrap()), inherited: HashMap::new() };
+        let t = std::thread::spawn(move || serve_child(a, h, Arc::new(AtomicBool::new(false))));
+        let mut store = FdStore { holder: Holder::Supervisor(b.try_clone().unwrap()), ..FdStore::detached() };
         let file = tempfile::tempfile().unwrap();
         store.store("cachefiles", file.as_fd()).unwrap();
         // A second child asks for what is held and gets a working duplicate back.

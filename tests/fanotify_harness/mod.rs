@@ -26,6 +26,8 @@ pub struct Daemon {
     pub frontend: &'static str,
     /// More `erofsd daemon` flags (e.g. `--cache-max-size`).
     pub extra_args: Vec<String>,
+    /// A supervisor that is not our child: the worker started it after ours was killed.
+    pub adopted_supervisor: Option<i32>,
     log: PathBuf,
 }
 
@@ -46,6 +48,7 @@ impl Daemon {
             socket: short_socket_path(),
             supervise,
             extra_args: Vec::new(),
+            adopted_supervisor: None,
             log: dir.join("daemon.log"),
         };
         d.spawn();
@@ -69,6 +72,7 @@ impl Daemon {
             socket: short_socket_path(),
             supervise: false,
             extra_args: Vec::new(),
+            adopted_supervisor: None,
             log: dir.join("daemon.log"),
         }
     }
@@ -170,6 +174,11 @@ impl Daemon {
             let st = c.wait().unwrap();
             assert!(st.success(), "daemon exited with {st}; log:\n{}", self.log_text());
         }
+        if let Some(pid) = self.adopted_supervisor.take() {
+            // SAFETY: signalling the supervisor our worker started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            assert!(wait_gone(pid, Duration::from_secs(30)), "supervisor {pid} did not stop; log:\n{}", self.log_text());
+        }
     }
 
     /// Restarts the daemon process (SIGTERM, then start again with the same cache).
@@ -195,6 +204,14 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if let Some(pid) = self.adopted_supervisor.take() {
+            // SAFETY: as in stop().
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            if !wait_gone(pid, Duration::from_secs(20)) {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         if let Some(mut c) = self.child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -209,6 +226,37 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `limit` for `pid` to exit (it need not be our child).
+pub fn wait_gone(pid: i32, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while pid_alive(pid) {
+        if t0.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Children of `pid`, over all its threads.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(kids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    out
 }
 
 /// A mount point that is unmounted (lazily if need be) when dropped, in case a test fails
