@@ -47,11 +47,23 @@ pub struct ReadAheadState {
     streak_start: AtomicU64,
     /// Groups a read-ahead was already started for (each is requested once).
     requested: Readiness,
+    /// Stored offset up to which the source was told it will be read ([`STORED_HINT`]).
+    hinted_until: AtomicU64,
 }
+
+/// A sequential reader of a source with free requests has the source start reading this many
+/// stored bytes ahead of it (`BlobSource::will_need`), renewed when it is half used up: far
+/// more than the fill window, because the hint costs no thread and makes large disk reads.
+const STORED_HINT: u64 = 16 << 20;
 
 impl ReadAheadState {
     pub fn new(groups: usize) -> ReadAheadState {
-        ReadAheadState { last_end: AtomicU64::new(0), streak_start: AtomicU64::new(0), requested: Readiness::new(groups) }
+        ReadAheadState {
+            last_end: AtomicU64::new(0),
+            streak_start: AtomicU64::new(0),
+            requested: Readiness::new(groups),
+            hinted_until: AtomicU64::new(0),
+        }
     }
 }
 
@@ -115,6 +127,28 @@ impl Filler {
             }
             at += piece;
         }
+        if started > 0 && target.blob.source.request_overhead() == 0 {
+            self.hint_stored_ahead(rt, target, state, end);
+        }
         started
+    }
+
+    /// Tells the source the stored bytes after uncompressed offset `end` will be read soon, when
+    /// the previous hint is half used up.
+    fn hint_stored_ahead(&self, rt: &tokio::runtime::Handle, target: &Arc<Target>, state: &ReadAheadState, end: u64) {
+        let map = &target.blob.map;
+        let g = (end / map.group_size()).min(map.group_count().saturating_sub(1) as u64) as u32;
+        let from = map.stored_range(g).start;
+        let hinted = state.hinted_until.load(Ordering::Relaxed);
+        if hinted >= from + STORED_HINT / 2 {
+            return;
+        }
+        let start = hinted.max(from);
+        let stop = from + STORED_HINT;
+        if state.hinted_until.compare_exchange(hinted, stop, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return; // a concurrent reader of this target just did it
+        }
+        let (source, id) = (target.blob.source.clone(), target.blob.id.clone());
+        rt.spawn_blocking(move || source.will_need(&id, start, stop - start));
     }
 }

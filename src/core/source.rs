@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -39,6 +40,12 @@ pub trait BlobSource: Send + Sync + 'static {
     fn read_range_blocking(&self, _id: &str, _offset: u64, _len: u64) -> Option<io::Result<Vec<u8>>> {
         None
     }
+
+    /// A hint that stored bytes `[offset, offset + len)` of blob `id` will be read soon (a
+    /// sequential reader is coming). A local file starts reading them into the page cache
+    /// without waiting; other sources ignore it. Blocks briefly (it submits I/O): call it on a
+    /// blocking thread.
+    fn will_need(&self, _id: &str, _offset: u64, _len: u64) {}
 }
 
 /// Blobs as files `<dir>/<sha256-hex>` on a local filesystem.
@@ -109,6 +116,19 @@ impl BlobSource for LocalDirSource {
             return Some(Err(io::Error::new(io::ErrorKind::InvalidInput, format!("range of {len} bytes is too large"))));
         }
         Some(self.file(id).and_then(|file| read_exact_at(&file, id, offset, len)))
+    }
+
+    /// Fills run several groups at once, out of order, on different threads: the kernel's own
+    /// readahead for the blob file sees interleaved preads and stays small, so each pread of a
+    /// cold blob waits for its own disk read. One WILLNEED over the stored bytes ahead turns
+    /// them into large asynchronous reads.
+    fn will_need(&self, id: &str, offset: u64, len: u64) {
+        if let Ok(file) = self.file(id) {
+            // SAFETY: an advisory call on an open fd; errors only mean "no hint".
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t, libc::POSIX_FADV_WILLNEED)
+            };
+        }
     }
 }
 
