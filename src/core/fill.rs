@@ -546,6 +546,33 @@ mod read_ahead_tests {
         assert_eq!(blob.stats.groups.load(Ordering::Relaxed), 2);
     }
 
+    /// A sequential reader of a source with free requests has it read the stored bytes ahead
+    /// (one hint, renewed only when half used up); a costly source gets no hint.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequential_reader_of_a_free_source_hints_the_stored_bytes_ahead() {
+        for (overhead, want_hints) in [(0, 1), (512 << 10, 0)] {
+            let dir = tempfile::tempdir().unwrap();
+            let source = Arc::new(Costly::new(dir.path(), overhead));
+            let shared: SharedSource = source.clone();
+            let (_blob, target, filler) = setup(dir.path(), |_| shared);
+            let rt = tokio::runtime::Handle::current();
+            filler.read_ahead(&rt, &target, &POLICY, 0, 4096, || {});
+            filler.read_ahead(&rt, &target, &POLICY, 4096, 60000, || {});
+            filler.read_ahead(&rt, &target, &POLICY, 64096, 4096, || {});
+            for _ in 0..100 {
+                if source.hints.lock().unwrap().len() >= want_hints {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let hints = source.hints.lock().unwrap().clone();
+            assert_eq!(hints.len(), want_hints, "overhead {overhead}: {hints:?}");
+            if want_hints > 0 {
+                assert_eq!(hints[0], (0, 16 << 20), "from the reader's group on, 16 MiB of stored bytes");
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn from_a_costly_source_the_window_ramps_up_with_the_streak() {
         let dir = tempfile::tempdir().unwrap();
@@ -661,11 +688,13 @@ mod tests_support {
         inner: crate::core::source::LocalDirSource,
         overhead: u64,
         pub bytes: std::sync::atomic::AtomicU64,
+        /// `will_need` calls received: (offset, len).
+        pub hints: std::sync::Mutex<Vec<(u64, u64)>>,
     }
 
     impl Costly {
         pub fn new(dir: &std::path::Path, overhead: u64) -> Costly {
-            Costly { inner: crate::core::source::LocalDirSource::new(dir), overhead, bytes: Default::default() }
+            Costly { inner: crate::core::source::LocalDirSource::new(dir), overhead, bytes: Default::default(), hints: Default::default() }
         }
     }
 
@@ -679,6 +708,9 @@ mod tests_support {
         }
         fn request_overhead(&self) -> u64 {
             self.overhead
+        }
+        fn will_need(&self, _id: &str, offset: u64, len: u64) {
+            self.hints.lock().unwrap().push((offset, len));
         }
     }
 
