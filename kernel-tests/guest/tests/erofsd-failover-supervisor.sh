@@ -1,0 +1,67 @@
+# Failover when the supervisor itself is SIGKILLed: the daemon sees EOF on its supervisor
+# socket, starts a new supervisor that adopts it (`GET /api/v1/daemon` names it as the holder)
+# and parks /dev/cachefiles with it again. A SIGKILL of the daemon during a cold read storm is
+# then survived as in erofsd-failover: the new supervisor restarts it, `restore`, zero reader
+# errors, every byte right. A SIGTERM to the new supervisor stops both cleanly.
+. /ktest/lib.sh
+. /ktest/erofsd-lib.sh
+img=$(cat "$ERO_IN/bench-image")
+start_daemon --supervise
+sup=$DAEMON_PID
+w1=$(children_of "$sup" | head -n 1); [ -n "$w1" ] || fail "no daemon child under the supervisor"
+mkdir -p /mnt/fos
+ero mount "$ERO_IN/$img" /mnt/fos --fsid fosup1 || fail "mount failed"
+
+holder() { erofsd status --api-socket "$ERO_SOCK" | sed -n 's/^  "holder_pid": \([0-9]*\),\{0,1\}$/\1/p'; }
+# alive PID: running, not a zombie (PID 1 here does not reap orphans).
+alive() { [ -r "/proc/$1/stat" ] && ! grep -q ') Z ' "/proc/$1/stat"; }
+[ "$(holder)" = "$sup" ] || fail "the daemon does not name its supervisor $sup as holder"
+
+kill -KILL "$sup"
+wait "$sup" 2>/dev/null || true
+i=0
+while :; do
+    sup2=$(holder)
+    [ -n "$sup2" ] && [ "$sup2" != "$sup" ] && break
+    i=$((i + 1)); [ $i -lt 100 ] || fail "no new supervisor 10 s after the kill"
+    sleep 0.1
+done
+alive "$sup2" || fail "new supervisor $sup2 is not running"
+DAEMON_PID=$sup2 # for cleanup_daemon on failure (SIGTERM works on a non-child)
+echo "supervisor $sup killed; daemon $w1 started supervisor $sup2"
+grep -q "guarding the running daemon (pid $w1)" "$ERO_LOG" || fail "the new supervisor did not adopt $w1"
+
+ktest-tree readers /mnt/fos "$ERO_IN/$img.manifest" --threads 8 >"$KTEST_OUT/readers.txt" 2>&1 &
+rd=$!
+sleep 2
+before=$(metric reads)
+[ "$before" -gt 0 ] || fail "no READ in flight yet; the storm did not start"
+kill -KILL "$w1"
+echo "killed daemon $w1 after $before READs"
+i=0
+while :; do
+    w2=$(children_of "$sup2" | head -n 1)
+    [ -n "$w2" ] && break
+    i=$((i + 1)); [ $i -lt 200 ] || fail "the new supervisor did not restart the daemon within 20 s"
+    sleep 0.1
+done
+echo "supervisor $sup2 restarted the daemon as $w2"
+wait_api
+rc=0; wait $rd || rc=$?
+cat "$KTEST_OUT/readers.txt"
+[ $rc = 0 ] || fail "readers saw errors across the failover"
+after=$(metric reads)
+echo "READs served by the new daemon: $after, failed: $(metric reads_failed)"
+[ "$after" -gt 0 ] || fail "the new daemon served no READ: the kill came too late to test anything"
+[ "$(metric reads_failed)" = 0 ] || fail "READs failed in the new daemon"
+ktest-tree verify /mnt/fos "$ERO_IN/$img.manifest" --xattrs || fail "tree differs after failover"
+ero umount /mnt/fos || fail "umount of the recovered mount failed"
+
+kill -TERM "$sup2"
+i=0
+while alive "$sup2" || alive "$w2"; do
+    i=$((i + 1)); [ $i -lt 200 ] || fail "supervisor $sup2 / daemon $w2 still running 20 s after SIGTERM"
+    sleep 0.1
+done
+DAEMON_PID=
+echo "supervisor $sup2 and daemon $w2 stopped"
