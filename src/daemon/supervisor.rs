@@ -466,12 +466,16 @@ pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
         };
         info!("supervisor: daemon pid {pid}, holding {} fd(s)", held.lock().expect("held").len());
         let stopping = Arc::new(AtomicBool::new(false));
-        let (serve_held, serve_stopping) = (held.clone(), stopping.clone());
+        let eof = Arc::new(AtomicBool::new(false));
+        let (serve_held, serve_stopping, serve_eof) = (held.clone(), stopping.clone(), eof.clone());
         let wake_on_eof = matches!(worker, Worker::Adopted(_));
         let server = std::thread::Builder::new()
             .name("erofsd-supervise".into())
             .spawn(move || {
                 serve_child(ours, serve_held, serve_stopping);
+                // Set before the signal: the main thread may see the signal before this thread
+                // has finished, so it looks at the flag, not at the thread.
+                serve_eof.store(true, Ordering::SeqCst);
                 if wake_on_eof {
                     // An adopted worker's exit raises no SIGCHLD here: raise one for sigwait.
                     // SAFETY: signalling ourselves.
@@ -489,7 +493,7 @@ pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
                     }
                 }
                 (nix::sys::signal::SIGCHLD, Worker::Adopted(_)) => {
-                    if server.is_finished() {
+                    if eof.load(Ordering::SeqCst) {
                         break if stopping.load(Ordering::SeqCst) {
                             Ended::Clean
                         } else {
