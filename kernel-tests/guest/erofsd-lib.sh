@@ -84,5 +84,8 @@ cleanup_daemon() {
         kill -KILL "$DAEMON_PID" 2>/dev/null || true
     fi
     for m in $(grep " erofs " /proc/mounts | cut -d' ' -f2 | grep '^/mnt/'); do umount -l "$m" 2>/dev/null || true; done
+    # Free this test's cache files: the data disk holds every test's, and cachefiles refuses
+    # to write (ENOBUFS) once the disk is below its 3 % free-space stop threshold.
+    rm -rf "$ERO_CACHE" "/data/nydus-root-$KTEST_NAME" 2>/dev/null || true
 }
 trap cleanup_daemon EXIT
