@@ -193,32 +193,20 @@ impl FdStore {
         }
     }
 
+    /// No holder any more: the supervisor could not be replaced.
+    fn lose_holder(&mut self) {
+        self.holder = Holder::None;
+        self.holder_pid = None;
+    }
+
     /// Starts a new supervisor that adopts this process, parks everything with it and makes it
     /// the holder. Returns our socket end (to watch) and the new supervisor's process.
     fn reguard(&mut self) -> io::Result<(OwnedFd, std::process::Child)> {
-        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
-        let fd = theirs.as_raw_fd();
-        let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
-        args.push("--supervise".into());
         // /proc/self/exe still runs if the binary was replaced on disk since we started.
         let mut cmd = std::process::Command::new("/proc/self/exe");
-        cmd.args(&args).env(ADOPT_ENV, format!("{}:{fd}", std::process::id()));
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let mut empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut empty);
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                // Its own session: a terminal's ^C reaches the daemon once, not twice.
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child = cmd.spawn()?;
-        drop(theirs);
+        cmd.args(std::env::args_os().skip(1)).arg("--supervise");
+        // Its own session: a terminal's ^C reaches the daemon once, not twice.
+        let (child, ours) = spawn_with_socket(cmd, ADOPT_ENV, |fd| format!("{}:{fd}", std::process::id()), true)?;
         for (name, f) in &self.parked {
             send_with_fd(ours.as_fd(), format!("STORE {name}").as_bytes(), Some(f.as_fd()))?;
         }
@@ -250,8 +238,7 @@ fn watch_supervisor(mut sock: OwnedFd) {
             tracing::error!(
                 "the supervisor died {MAX_REGUARDS} times within {RESTART_WINDOW:?}; running WITHOUT a holder: if this daemon dies now, readers of unfilled ranges are not protected"
             );
-            store.holder = Holder::None;
-            store.holder_pid = None;
+            store.lose_holder();
             return;
         }
         starts.push(now);
@@ -264,8 +251,7 @@ fn watch_supervisor(mut sock: OwnedFd) {
             }
             Err(e) => {
                 tracing::error!("starting a new supervisor: {e}; running WITHOUT a holder");
-                store.holder = Holder::None;
-                store.holder_pid = None;
+                store.lose_holder();
                 return;
             }
         }
@@ -413,27 +399,45 @@ fn adopt_from_env() -> Option<(i32, OwnedFd)> {
     Some((pid, unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
-/// Starts the daemon as our child with its end of a new supervisor socket.
-fn spawn_worker(exe: &std::path::Path, args: &[OsString]) -> Result<(Worker, OwnedFd)> {
-    let (ours, theirs) =
-        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("socketpair")?;
-    let child_fd = theirs.as_raw_fd();
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(args).env(SUPERVISOR_FD_ENV, child_fd.to_string());
+/// Starts `cmd` holding the far end of a new supervisor socket, whichever side is starting the
+/// other: `env` is set to `value(fd number)`, the fd survives the exec, the signal mask (the
+/// supervisor blocks the signals it waits for) is cleared, and with `new_session` the child
+/// gets a session of its own. Returns the child and our end of the socket.
+fn spawn_with_socket(
+    mut cmd: std::process::Command,
+    env: &str,
+    value: impl FnOnce(RawFd) -> String,
+    new_session: bool,
+) -> io::Result<(std::process::Child, OwnedFd)> {
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+    let fd = theirs.as_raw_fd();
+    cmd.env(env, value(fd));
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::fcntl(child_fd, libc::F_SETFD, 0) < 0 {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if new_session {
+                libc::setsid();
+            }
             Ok(())
         });
     }
-    let child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
+    let child = cmd.spawn()?;
     drop(theirs);
+    Ok((child, ours))
+}
+
+/// Starts the daemon as our child with its end of a new supervisor socket.
+fn spawn_worker(exe: &std::path::Path, args: &[OsString]) -> Result<(Worker, OwnedFd)> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args);
+    let (child, ours) = spawn_with_socket(cmd, SUPERVISOR_FD_ENV, |fd| fd.to_string(), false)
+        .with_context(|| format!("starting {}", exe.display()))?;
     Ok((Worker::Child(child), ours))
 }
 
