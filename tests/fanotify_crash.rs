@@ -93,32 +93,52 @@ fn kill_worker_and_wait_restart(d: &Daemon, supervisor: i32, worker: i32) -> i32
     after
 }
 
+/// The rootfs fixture built and mounted through `erofsd daemon --supervise`. Fields drop in
+/// order: the mount is detached first, then the daemon stopped, then the scratch dir removed.
+struct SupervisedRootfs {
+    mnt: MountDir,
+    d: Daemon,
+    src: PathBuf,
+    _scratch: tempfile::TempDir,
+}
+
+impl SupervisedRootfs {
+    /// `None` (skipped loudly; a failure under CI) without fanotify pre-content support.
+    fn start(test: &str) -> Option<SupervisedRootfs> {
+        let s = fixtures::scratch(test);
+        if !require_fanotify(test, s.path()) {
+            return None;
+        }
+        let src = fixtures::fixture("rootfs").join("tree");
+        let img = s.path().join("img");
+        cli::erofsd_build(&[&src], &img, &[]);
+        let d = Daemon::start(s.path(), true);
+        let mnt = MountDir::new(s.path(), "mnt");
+        d.mount(&img, &mnt.0);
+        Some(SupervisedRootfs { mnt, d, src, _scratch: s })
+    }
+
+    /// The whole tree, metadata included, is intact; then a clean stop unmounts.
+    fn verify_and_stop(mut self) {
+        assert_trees_equal(&self.src, &self.mnt.0, &Options::default());
+        self.d.stop();
+        assert!(!erofsd::frontend::fanotify::sysmount::is_erofs_mount(&self.mnt.0), "clean stop left the mount up");
+    }
+}
+
 #[test]
 fn fanotify_sigkill_worker_during_cold_read_storm() {
-    let test = "fanotify_sigkill_worker_during_cold_read_storm";
-    let s = fixtures::scratch(test);
-    if !require_fanotify(test, s.path()) {
+    let Some(r) = SupervisedRootfs::start("fanotify_sigkill_worker_during_cold_read_storm") else {
         return;
-    }
-    let src = fixtures::fixture("rootfs").join("tree");
-    let img = s.path().join("img");
-    cli::erofsd_build(&[&src], &img, &[]);
-    let mut d = Daemon::start(s.path(), true);
-    let mnt = MountDir::new(s.path(), "mnt");
-    d.mount(&img, &mnt.0);
-
+    };
     // The supervisor restarts the worker; it re-adopts the mount and answers its predecessor's
     // events.
-    let supervisor = d.child.as_ref().unwrap().id() as i32;
-    let worker = d.worker_pid();
-    cold_read_storm(&d, &src, &mnt.0, || {
-        kill_worker_and_wait_restart(&d, supervisor, worker);
+    let supervisor = r.d.child.as_ref().unwrap().id() as i32;
+    let worker = r.d.worker_pid();
+    cold_read_storm(&r.d, &r.src, &r.mnt.0, || {
+        kill_worker_and_wait_restart(&r.d, supervisor, worker);
     });
-
-    // The whole tree, metadata included, is intact; then a clean stop unmounts.
-    assert_trees_equal(&src, &mnt.0, &Options::default());
-    d.stop();
-    assert!(!erofsd::frontend::fanotify::sysmount::is_erofs_mount(&mnt.0), "clean stop left the mount up");
+    r.verify_and_stop();
 }
 
 /// The supervisor itself is SIGKILLed: the worker starts a new one that adopts it and holds
@@ -126,18 +146,10 @@ fn fanotify_sigkill_worker_during_cold_read_storm() {
 /// A SIGTERM to the new supervisor then stops everything cleanly.
 #[test]
 fn fanotify_sigkill_supervisor_then_worker() {
-    let test = "fanotify_sigkill_supervisor_then_worker";
-    let s = fixtures::scratch(test);
-    if !require_fanotify(test, s.path()) {
+    let Some(mut r) = SupervisedRootfs::start("fanotify_sigkill_supervisor_then_worker") else {
         return;
-    }
-    let src = fixtures::fixture("rootfs").join("tree");
-    let img = s.path().join("img");
-    cli::erofsd_build(&[&src], &img, &[]);
-    let mut d = Daemon::start(s.path(), true);
-    let mnt = MountDir::new(s.path(), "mnt");
-    d.mount(&img, &mnt.0);
-
+    };
+    let d = &mut r.d;
     let first = d.child.as_ref().unwrap().id() as i32;
     let worker = d.worker_pid();
     assert_eq!(d.info()["holder_pid"], first, "the worker names its supervisor");
@@ -159,12 +171,10 @@ fn fanotify_sigkill_supervisor_then_worker() {
     assert_eq!(d.info()["holder"], "erofsd supervisor");
     eprintln!("supervisor {first} SIGKILLed; worker {worker} started supervisor {guard}");
 
-    cold_read_storm(&d, &src, &mnt.0, || {
-        kill_worker_and_wait_restart(&d, guard, worker);
+    cold_read_storm(&r.d, &r.src, &r.mnt.0, || {
+        kill_worker_and_wait_restart(&r.d, guard, worker);
     });
-    assert_trees_equal(&src, &mnt.0, &Options::default());
-    d.stop();
-    assert!(!erofsd::frontend::fanotify::sysmount::is_erofs_mount(&mnt.0), "clean stop left the mount up");
+    r.verify_and_stop();
 }
 
 /// The worker dies for good (six SIGKILLs within the supervisor's restart window) while a
