@@ -75,6 +75,42 @@ children_of() {
     return 0
 }
 
+# failover_storm MNT IMG SUP W1: 8 readers over image IMG mounted at MNT; after 2 s, SIGKILL of
+# the daemon W1, then supervisor SUP must start a new daemon (left in $FO_NEW). The readers must
+# finish with zero errors, the new daemon must have served READs without a failure and still
+# list MNT, and the tree must verify. MNT stays mounted.
+failover_storm() {
+    fo_mnt=$1 fo_img=$2 fo_sup=$3 fo_old=$4
+    ktest-tree readers "$fo_mnt" "$ERO_IN/$fo_img.manifest" --threads 8 >"$KTEST_OUT/readers.txt" 2>&1 &
+    fo_rd=$!
+    sleep 2
+    fo_before=$(metric reads)
+    echo "READs before the kill: $fo_before"
+    [ "$fo_before" -gt 0 ] || fail "no READ in flight yet; the storm did not start"
+    kill -KILL "$fo_old"
+    echo "killed daemon $fo_old"
+    i=0
+    while :; do
+        # The killed daemon may linger as a zombie child of SUP until it is reaped.
+        FO_NEW=$(children_of "$fo_sup" | grep -vx "$fo_old" | head -n 1) || true
+        [ -n "$FO_NEW" ] && break
+        i=$((i + 1)); [ $i -lt 200 ] || fail "supervisor $fo_sup started no new daemon 20 s after the kill"
+        sleep 0.1
+    done
+    echo "supervisor $fo_sup started the new daemon $FO_NEW"
+    wait_api
+    fo_rc=0; wait $fo_rd || fo_rc=$?
+    cat "$KTEST_OUT/readers.txt"
+    grep "restore\|recovered\|took /dev/cachefiles" "$ERO_LOG" | tail -n 5
+    [ $fo_rc = 0 ] || fail "readers saw errors across the failover"
+    fo_after=$(metric reads)
+    echo "READs served by the new daemon: $fo_after, OPENs re-answered: $(metric opens), failed: $(metric reads_failed)"
+    [ "$fo_after" -gt 0 ] || fail "the new daemon served no READ: the kill came too late to test anything"
+    [ "$(metric reads_failed)" = 0 ] || fail "READs failed in the new daemon"
+    ero status --mounts | grep -q "$fo_mnt" || fail "the new daemon does not list the recovered mount"
+    ktest-tree verify "$fo_mnt" "$ERO_IN/$fo_img.manifest" --xattrs || fail "tree differs after failover"
+}
+
 # On any exit (a failed test included) leave no daemon or mount behind for the next test.
 cleanup_daemon() {
     if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then

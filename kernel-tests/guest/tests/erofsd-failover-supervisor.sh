@@ -31,30 +31,8 @@ DAEMON_PID=$sup2 # for cleanup_daemon on failure (SIGTERM works on a non-child)
 echo "supervisor $sup killed; daemon $w1 started supervisor $sup2"
 grep -q "guarding the running daemon (pid $w1)" "$ERO_LOG" || fail "the new supervisor did not adopt $w1"
 
-ktest-tree readers /mnt/fos "$ERO_IN/$img.manifest" --threads 8 >"$KTEST_OUT/readers.txt" 2>&1 &
-rd=$!
-sleep 2
-before=$(metric reads)
-[ "$before" -gt 0 ] || fail "no READ in flight yet; the storm did not start"
-kill -KILL "$w1"
-echo "killed daemon $w1 after $before READs"
-i=0
-while :; do
-    w2=$(children_of "$sup2" | head -n 1)
-    [ -n "$w2" ] && break
-    i=$((i + 1)); [ $i -lt 200 ] || fail "the new supervisor did not restart the daemon within 20 s"
-    sleep 0.1
-done
-echo "supervisor $sup2 restarted the daemon as $w2"
-wait_api
-rc=0; wait $rd || rc=$?
-cat "$KTEST_OUT/readers.txt"
-[ $rc = 0 ] || fail "readers saw errors across the failover"
-after=$(metric reads)
-echo "READs served by the new daemon: $after, failed: $(metric reads_failed)"
-[ "$after" -gt 0 ] || fail "the new daemon served no READ: the kill came too late to test anything"
-[ "$(metric reads_failed)" = 0 ] || fail "READs failed in the new daemon"
-ktest-tree verify /mnt/fos "$ERO_IN/$img.manifest" --xattrs || fail "tree differs after failover"
+failover_storm /mnt/fos "$img" "$sup2" "$w1"
+w2=$FO_NEW
 ero umount /mnt/fos || fail "umount of the recovered mount failed"
 
 kill -TERM "$sup2"
