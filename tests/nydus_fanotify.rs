@@ -129,3 +129,61 @@ fn nydus_partial_read_fetches_only_the_touched_chunk() {
     drop(f);
     d.umount(&mnt.0);
 }
+
+/// `dir-zstd` with one byte changed in the raw (stored uncompressed) chunk holding the second
+/// MiB of `data/random_2_5m`: nothing to decompress, so only the chunk's blake3 digest from the
+/// bootstrap's chunk table can catch it. A reader of that chunk gets EIO, every time, never the
+/// changed bytes; the file's other chunks and the other files read right.
+#[test]
+fn nydus_altered_chunk_is_eio_never_wrong_bytes() {
+    let test = "nydus_altered_chunk_is_eio_never_wrong_bytes";
+    let s = common::fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let tree = unpack_tree(s.path());
+    let img = copy_image("dir-zstd", s.path());
+    let want = std::fs::read(tree.join("data/random_2_5m")).unwrap();
+    let boot = std::fs::read(img.join("image.boot")).unwrap();
+    let rb = erofs::rafs::parse_blob_table(&boot, 1).unwrap().remove(0);
+    let blob_path = img.join("blobs").join(&rb.id);
+    let mut blob = std::fs::read(&blob_path).unwrap();
+    let meta = &blob[rb.meta_range().start as usize..rb.meta_range().end as usize];
+    let ci = &meta[..rb.ci_compressed_size as usize];
+    let chunks = erofs::rafs::parse_chunk_infos(&rb, &erofs::rafs::decode_ci_table(&rb, ci).unwrap()).unwrap();
+    let stored = |c: &erofs::rafs::Chunk| c.stored.start as usize..c.stored.end as usize;
+    let c = chunks.iter().find(|c| !c.compressed && blob[stored(c)] == want[1 << 20..2 << 20]);
+    let c = c.expect("the file's second MiB as a raw chunk");
+    let in_chunk = 300_000;
+    blob[c.stored.start as usize + in_chunk] ^= 0x04;
+    std::fs::write(&blob_path, &blob).unwrap();
+
+    let d = Daemon::start(s.path(), false);
+    let mnt = MountDir::new(s.path(), "mnt");
+    d.mount(&img, &mnt.0);
+    let f = std::fs::File::open(mnt.0.join("data/random_2_5m")).unwrap();
+    // No readahead: each read below asks for its own chunk only.
+    // SAFETY: fadvise on an open fd.
+    unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_RANDOM) };
+    let mut buf = vec![0u8; 100];
+    let read_at = |buf: &mut [u8], off: usize| f.read_exact_at(buf, off as u64).map_err(|e| e.raw_os_error());
+    read_at(&mut buf, 12_345).unwrap();
+    assert!(buf == want[12_345..12_445], "first chunk");
+    for _ in 0..2 {
+        assert_eq!(read_at(&mut buf, (1 << 20) + in_chunk), Err(Some(libc::EIO)), "the altered chunk must be EIO");
+    }
+    read_at(&mut buf, (2 << 20) + 1000).unwrap();
+    assert!(buf == want[(2 << 20) + 1000..(2 << 20) + 1100], "last chunk");
+    let whole = std::fs::read(mnt.0.join("data/random_2_5m")).map_err(|e| e.raw_os_error());
+    assert_eq!(whole, Err(Some(libc::EIO)), "whole file");
+    for p in ["data/text_3m", "bin/busybox", "pyjson/decoder.py"] {
+        assert!(std::fs::read(mnt.0.join(p)).unwrap() == std::fs::read(tree.join(p)).unwrap(), "{p}");
+    }
+    let log = std::fs::read_to_string(s.path().join("daemon.log")).unwrap();
+    assert!(log.contains("blake3 mismatch (chunk table "), "the daemon log names the failure:\n{}", d.log_text());
+    let errors: u64 = d.metrics()["blobs"].as_object().unwrap().values().map(|b| b["errors"].as_u64().unwrap()).sum();
+    eprintln!("altered chunk: EIO; blob errors {errors}; metrics {}", d.metrics());
+    assert!(errors > 0);
+    drop(f);
+    d.umount(&mnt.0);
+}

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use erofs::rafs::{decode_ci_table, decompress, parse_blob_table, parse_chunk_infos, Chunk, Compressor, RafsBlob};
 use erofsd::core::blob::Blob;
 use erofsd::core::fill::{Filler, Target};
 use erofsd::core::images::ImageStore;
@@ -214,6 +215,91 @@ async fn nydus_mutated_chunk_infos_fail_clearly() {
     std::fs::write(img.join("image.boot"), &boot).unwrap();
     std::fs::write(img.join("blobs").join(&id), &blob).unwrap();
     assert_eq!(listing(dir.path()), before);
+}
+
+/// The chunks of a fixture copy's single blob, parsed straight from its bytes.
+fn chunks_of(boot: &[u8], blob: &[u8]) -> (RafsBlob, Vec<Chunk>) {
+    let b = parse_blob_table(boot, 1).unwrap().remove(0);
+    let m = &blob[b.meta_range().start as usize..b.meta_range().end as usize];
+    let (ci, _) = m.split_at(b.ci_compressed_size as usize);
+    let chunks = parse_chunk_infos(&b, &decode_ci_table(&b, ci).unwrap()).unwrap();
+    (b, chunks)
+}
+
+/// A one-bit change of chunk `c`'s stored bytes that its decoder does not notice: the chunk
+/// still decodes to its full length, to different bytes. (stored offset, decoded bytes as
+/// altered.)
+fn undetected_flip(compressor: Compressor, c: &Chunk, blob: &[u8]) -> Option<(usize, Vec<u8>)> {
+    let comp = if c.compressed { compressor } else { Compressor::None };
+    let len = (c.uncompressed.end - c.uncompressed.start) as usize;
+    let stored = &blob[c.stored.start as usize..c.stored.end as usize];
+    let mut good = vec![0u8; len];
+    decompress(comp, stored, &mut good).unwrap();
+    // From the middle on: past a compressed chunk's frame header and into its literals.
+    (stored.len() / 2..stored.len()).step_by(97).find_map(|at| {
+        let mut s = stored.to_vec();
+        s[at] ^= 0x04;
+        let mut out = vec![0u8; len];
+        (decompress(comp, &s, &mut out).is_ok() && out != good).then(|| (c.stored.start as usize + at, out))
+    })
+}
+
+/// One chunk's stored bytes altered so that they still decode (a raw chunk; a zstd or
+/// lz4_block chunk changed where its decoder does not notice): its blake3 digest from the
+/// bootstrap's chunk table fails the fill (EIO to the reader) and none of its bytes reach the
+/// target; every other chunk fills as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nydus_altered_chunk_fails_its_blake3_digest() {
+    for (name, raw) in [("dir-zstd", true), ("dir-zstd", false), ("dir-lz4_block", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, boot, id, blob) = copy(name, dir.path());
+        let (rb, chunks) = chunks_of(&boot, &blob);
+        let (k, (at, altered)) = chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.compressed != raw)
+            .find_map(|(k, c)| undetected_flip(rb.compressor, c, &blob).map(|f| (k, f)))
+            .expect("a chunk to alter");
+        let c = chunks[k].clone();
+        let kind = if raw { "raw" } else { "compressed" };
+        let what = format!("{name} chunk {k} ({kind}, stored {:?}, byte {at} changed)", c.stored);
+        // The good bytes, from the unaltered image.
+        let image = ImageStore::new().load_dir(&img).unwrap();
+        let (target, f) = target_for(&dir.path().join("good"), &image.blobs[0]);
+        Filler::new(Writer::start(), 4).fill(&target, 0, image.blobs[0].size()).await.unwrap();
+        let mut good = vec![0u8; image.blobs[0].size() as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut good, 0).unwrap();
+        let range = c.uncompressed.start as usize..c.uncompressed.end as usize;
+        assert!(good[range.clone()] != altered[..], "{what}: the change alters the decoded bytes");
+
+        let mut bad = blob.clone();
+        bad[at] ^= 0x04;
+        std::fs::write(img.join("blobs").join(&id), &bad).unwrap();
+        let image = ImageStore::new().load_dir(&img).unwrap();
+        let blob = &image.blobs[0];
+        let (target, f) = target_for(dir.path(), blob);
+        let filler = Filler::new(Writer::start(), 4);
+        for (i, ci) in chunks.iter().enumerate() {
+            let r = filler.fill(&target, ci.uncompressed.start, ci.uncompressed.end - ci.uncompressed.start).await;
+            if i == k {
+                let err = r.expect_err(&what).to_string();
+                assert!(err.contains("blake3 mismatch (chunk table "), "{what}: {err}");
+                assert!(!target.is_ready(ci.uncompressed.start, 4096), "{what}");
+            } else {
+                r.unwrap_or_else(|e| panic!("{what}: chunk {i}: {e}"));
+            }
+        }
+        assert_eq!(blob.stats.errors.load(Ordering::Relaxed), 1, "{what}");
+        let mut got = vec![0u8; blob.size() as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut got, 0).unwrap();
+        assert!(got[range.clone()].iter().all(|&b| b == 0), "{what}: bytes of the failed chunk were written");
+        got[range.clone()].copy_from_slice(&good[range]);
+        assert!(got == good, "{what}: the other chunks filled differently");
+        // Asked again, the chunk fails again (nothing wrong was kept).
+        let again = filler.fill(&target, c.uncompressed.start, 100).await.expect_err(&what).to_string();
+        assert!(again.contains("blake3 mismatch"), "{what}: {again}");
+        eprintln!("{what}: EIO, the other {} chunks filled", chunks.len() - 1);
+    }
 }
 
 // ---- zran (targz-ref): the original gzip layer as data blob, its index in a meta blob ----

@@ -332,9 +332,40 @@ pub struct Chunk {
     pub crc32c: Option<u32>,
     /// zran blobs: where the chunk's bytes are in the output of one inflate context.
     pub zran: Option<ZranRef>,
-    /// sha256 of the uncompressed bytes, from the bootstrap's chunk table when the image uses
-    /// sha256 chunk digests (nydus does for zran images); see [`apply_chunk_digests`].
-    pub sha256: Option<[u8; 32]>,
+    /// Digest of the uncompressed bytes, from the bootstrap's chunk table (blake3 by nydus's
+    /// default, sha256 for zran images); see [`apply_chunk_digests`].
+    pub digest: Option<ChunkDigest>,
+}
+
+/// A chunk's digest in the algorithm the image was built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkDigest {
+    Sha256([u8; 32]),
+    Blake3([u8; 32]),
+}
+
+impl ChunkDigest {
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            ChunkDigest::Sha256(_) => "sha256",
+            ChunkDigest::Blake3(_) => "blake3",
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8; 32] {
+        match self {
+            ChunkDigest::Sha256(d) | ChunkDigest::Blake3(d) => d,
+        }
+    }
+
+    /// The digest of `data` in the same algorithm.
+    pub fn of(&self, data: &[u8]) -> ChunkDigest {
+        use sha2::Digest;
+        match self {
+            ChunkDigest::Sha256(_) => ChunkDigest::Sha256(sha2::Sha256::digest(data).into()),
+            ChunkDigest::Blake3(_) => ChunkDigest::Blake3(*blake3::hash(data).as_bytes()),
+        }
+    }
 }
 
 impl Chunk {
@@ -448,28 +479,56 @@ fn parse_chunks(blob: &RafsBlob, table: &[u8], zran: Option<&ZranTable>) -> Resu
                 }
             }
         }
-        out.push(Chunk { uncompressed: uoff..uoff + usize_, stored: coff..coff + csize, compressed, crc32c: crc, zran: zref, sha256: None });
+        out.push(Chunk { uncompressed: uoff..uoff + usize_, stored: coff..coff + csize, compressed, crc32c: crc, zran: zref, digest: None });
     }
     Ok(out)
 }
 
 /// Size of one bootstrap chunk table record (`RafsV5ChunkInfo`).
 const CHUNK_RECORD_SIZE: u64 = 80;
-/// Ext superblock flag: chunk digests are sha256 (else blake3, which we do not check).
+/// Ext superblock flags (`RafsSuperFlags`): the digest algorithm of the bootstrap's chunk digests.
+const FLAG_HASH_BLAKE3: u64 = 0x4;
 const FLAG_HASH_SHA256: u64 = 0x8;
+/// Blob table `digest_algo` (nydus `digest::Algorithm`).
+const DIGEST_ALGO_BLAKE3: u32 = 0;
+const DIGEST_ALGO_SHA256: u32 = 1;
 
-/// Attaches the sha256 digest of every chunk of `blob` that the bootstrap's chunk table lists
-/// (80-byte records at the ext superblock's `chunk_table_offset`: digest, blob index, …, CI
-/// index), so decoding can verify the bytes. Only sha256 images carry usable digests (nydus
-/// uses sha256 for zran, blake3 by default otherwise); for others, or without a table, nothing
-/// is attached. Returns how many chunks got a digest.
+/// The algorithm of `blob`'s chunk digests in the chunk table, as a constructor, or `None` when
+/// the image does not say it unambiguously.
+///
+/// Two fields name it: the ext superblock flags (one algorithm for the bootstrap: nydus reads
+/// its chunk table with it, e.g. when loading it as a chunk dict) and the blob's `digest_algo`
+/// (what nydus's storage layer hashes that blob's chunks with). nydus-image sets both from one
+/// setting, so in every image it builds they agree (all four fixtures do). They can disagree in
+/// a RAFS v6 bootstrap stacked on a parent built with the other algorithm (nydus checks the
+/// digester matches only for v5), where some records were hashed with each; or in a damaged
+/// bootstrap. Guessing there would either fail good chunks (a wrong guess: EIO for a valid
+/// image) or pick by a rule nydus itself does not apply, so a disagreement, both flags or
+/// neither (nydus would then default to blake3) attach nothing: those chunks are served as
+/// before, checked only by their decompression (and CRC32C if any). Trusting an unchecked
+/// chunk costs nothing a hostile bootstrap could not already get by leaving out its chunk table.
+fn digest_kind(flags: u64, blob: &RafsBlob) -> Option<fn([u8; 32]) -> ChunkDigest> {
+    match (flags & (FLAG_HASH_BLAKE3 | FLAG_HASH_SHA256), blob.digest_algo) {
+        (FLAG_HASH_BLAKE3, DIGEST_ALGO_BLAKE3) => Some(ChunkDigest::Blake3),
+        (FLAG_HASH_SHA256, DIGEST_ALGO_SHA256) => Some(ChunkDigest::Sha256),
+        _ => None,
+    }
+}
+
+/// Attaches the digest of every chunk of `blob` that the bootstrap's chunk table lists (80-byte
+/// records at the ext superblock's `chunk_table_offset`: digest, blob index, …, CI index), so
+/// decoding can verify the bytes. The digests are blake3 or sha256 (nydus's default is blake3;
+/// zran images use sha256), as the ext superblock flags and the blob's `digest_algo` both say
+/// ([`digest_kind`]); if they do not agree, or without a table, nothing is attached. Returns
+/// how many chunks got a digest.
 pub fn apply_chunk_digests(boot: &[u8], blob: &RafsBlob, chunks: &mut [Chunk]) -> Result<usize, RafsError> {
     if !is_rafs_v6(boot) {
         return Err(bad!("not a RAFS v6 bootstrap (compat bit missing)"));
     }
     let ext = &boot[EXT_SB_OFFSET..EXT_SB_OFFSET + 256];
     let (flags, off, size) = (u64_at(ext, 0), u64_at(ext, 24), u64_at(ext, 32));
-    if flags & FLAG_HASH_SHA256 == 0 || blob.digest_algo != 1 || size == 0 {
+    let Some(kind) = digest_kind(flags, blob) else { return Ok(0) };
+    if size == 0 {
         return Ok(0);
     }
     let end = off.checked_add(size).filter(|&e| e <= boot.len() as u64 && size.is_multiple_of(CHUNK_RECORD_SIZE));
@@ -482,17 +541,17 @@ pub fn apply_chunk_digests(boot: &[u8], blob: &RafsBlob, chunks: &mut [Chunk]) -
             continue;
         }
         let ci = u32_at(r, 72) as usize;
-        let digest: [u8; 32] = r[..32].try_into().expect("32 bytes");
+        let digest = kind(r[..32].try_into().expect("32 bytes"));
         let c = chunks.get_mut(ci).ok_or_else(|| bad!("chunk table names chunk {ci} of blob {}, which has {}", blob.index, blob.chunk_count))?;
         // The record repeats the CI entry's offsets: a mismatch means the two tables disagree.
         if u64_at(r, 56) != c.uncompressed.start || u32_at(r, 44) as u64 != c.uncompressed.end - c.uncompressed.start {
             return Err(bad!("chunk table record for chunk {ci} disagrees with the blob meta on its offset or size"));
         }
-        match c.sha256 {
+        match c.digest {
             Some(d) if d != digest => return Err(bad!("chunk table lists chunk {ci} twice with different digests")),
             Some(_) => {}
             None => {
-                c.sha256 = Some(digest);
+                c.digest = Some(digest);
                 n += 1;
             }
         }
@@ -500,7 +559,7 @@ pub fn apply_chunk_digests(boot: &[u8], blob: &RafsBlob, chunks: &mut [Chunk]) -
     Ok(n)
 }
 
-/// Checks `data` against a chunk's digests (CRC32C and sha256, those it has).
+/// Checks `data` against a chunk's digests (CRC32C and its chunk-table digest, those it has).
 pub fn verify_chunk(chunk: &Chunk, data: &[u8]) -> Result<(), String> {
     if let Some(want) = chunk.crc32c {
         let got = crc32c(data);
@@ -508,12 +567,12 @@ pub fn verify_chunk(chunk: &Chunk, data: &[u8]) -> Result<(), String> {
             return Err(format!("CRC32C mismatch (table {want:#010x}, data {got:#010x})"));
         }
     }
-    if let Some(want) = chunk.sha256 {
-        use sha2::Digest;
-        let got: [u8; 32] = sha2::Sha256::digest(data).into();
+    if let Some(want) = chunk.digest {
+        let got = want.of(data);
         if got != want {
-            let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-            return Err(format!("sha256 mismatch (chunk table {}, data {})", hex(&want), hex(&got)));
+            let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            let (algo, want, got) = (want.algorithm(), hex(want.bytes()), hex(got.bytes()));
+            return Err(format!("{algo} mismatch (chunk table {want}, data {got})"));
         }
     }
     Ok(())
@@ -550,7 +609,7 @@ pub fn decompress(c: Compressor, stored: &[u8], out: &mut [u8]) -> Result<(), St
 }
 
 /// Decodes one chunk's stored bytes into `out` (exactly the chunk's uncompressed length) and
-/// checks its CRC32C and sha256 when it has them.
+/// checks its CRC32C and chunk-table digest when it has them.
 pub fn decode_chunk(blob_compressor: Compressor, chunk: &Chunk, stored: &[u8], out: &mut [u8]) -> Result<(), String> {
     if stored.len() as u64 != chunk.stored.end - chunk.stored.start {
         return Err(format!("{} stored bytes, want {}", stored.len(), chunk.stored.end - chunk.stored.start));

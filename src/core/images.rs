@@ -190,7 +190,18 @@ impl ImageStore {
                 // Nothing else ties a zran chunk's inflated bytes to the image (DEFLATE has no
                 // checksum of its own); nydus writes the table today, but it is optional.
                 tracing::warn!(
-                    "zran blob {}: the bootstrap's chunk table gives sha256 digests for {digests} of {} chunks; the others are served unverified",
+                    "zran blob {}: the bootstrap's chunk table gives digests for {digests} of {} chunks; the others are served unverified",
+                    rb.id,
+                    parsed.chunks.len()
+                );
+            } else if digests == 0 && !parsed.chunks.is_empty() {
+                // A merged bootstrap may leave out chunks no file uses any more, so only a blob
+                // with no digest at all is worth a word: no table, or an algorithm not stated
+                // unambiguously (erofs::rafs::apply_chunk_digests).
+                tracing::warn!(
+                    "blob {}: the bootstrap's chunk table gives no usable digest for its {} chunks (no table, or \
+                     the superblock flags and the blob table do not agree on the algorithm); they are checked only \
+                     by their decompression",
                     rb.id,
                     parsed.chunks.len()
                 );

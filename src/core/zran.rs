@@ -7,7 +7,7 @@
 //! of one context decoded in one call share one resumed stream (the decoder only moves
 //! forward), so a run of chunks costs one inflate of their context, not one per chunk.
 //!
-//! Verified: every chunk's sha256 against the bootstrap's chunk table (nydus builds zran
+//! Verified: every chunk's digest against the bootstrap's chunk table (nydus builds zran
 //! images with sha256 chunk digests; [`erofs::rafs::apply_chunk_digests`]), its CRC32C when
 //! its CI entry has one (nydus writes none for zran chunks today), and that the gzip bytes
 //! inflate cleanly from the context to the chunk's end and yield exactly its length. The meta

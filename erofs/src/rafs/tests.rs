@@ -45,8 +45,8 @@ fn parses_a_blob_entry_and_its_chunks() {
     assert_eq!((b.chunk_count, b.compressor, b.ci_entry_size()), (3, Compressor::Zstd, 16));
     assert_eq!(b.meta_range(), 8192..8192 + 48 + 4096);
     let chunks = parse_chunk_infos(&b, &table(&good_rows())).unwrap();
-    assert_eq!(chunks[0], Chunk { uncompressed: 0..4096, stored: 0..100, compressed: true, crc32c: None, zran: None, sha256: None });
-    assert_eq!(chunks[1], Chunk { uncompressed: 4096..4106, stored: 100..110, compressed: false, crc32c: None, zran: None, sha256: None });
+    assert_eq!(chunks[0], Chunk { uncompressed: 0..4096, stored: 0..100, compressed: true, crc32c: None, zran: None, digest: None });
+    assert_eq!(chunks[1], Chunk { uncompressed: 4096..4106, stored: 100..110, compressed: false, crc32c: None, zran: None, digest: None });
     assert!(chunks[2].compressed);
 }
 
@@ -79,7 +79,7 @@ fn ci_v2_with_crc() {
     row[8..16].copy_from_slice(&c.to_le_bytes());
     row[16..].copy_from_slice(&0xdead_beefu64.to_le_bytes());
     let got = parse_chunk_infos(&b, &row).unwrap();
-    assert_eq!(got[0], Chunk { uncompressed: 4096..8192, stored: 7..207, compressed: true, crc32c: Some(0xdead_beef), zran: None, sha256: None });
+    assert_eq!(got[0], Chunk { uncompressed: 4096..8192, stored: 7..207, compressed: true, crc32c: Some(0xdead_beef), zran: None, digest: None });
     // BATCH chunks are refused clearly; a ZRAN chunk in a blob that is not zran is corrupt.
     row[7] = 0x04;
     assert!(matches!(parse_chunk_infos(&b, &row), Err(RafsError::Unsupported(_))));
@@ -174,7 +174,7 @@ fn meta_header_must_match_the_table() {
 fn chunks_decode_and_verify() {
     let plain: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
     let z = zstd::bulk::compress(&plain, 3).unwrap();
-    let c = Chunk { uncompressed: 0..5000, stored: 0..z.len() as u64, compressed: true, crc32c: Some(crc32c(&plain)), zran: None, sha256: None };
+    let c = Chunk { uncompressed: 0..5000, stored: 0..z.len() as u64, compressed: true, crc32c: Some(crc32c(&plain)), zran: None, digest: None };
     let mut out = vec![0u8; 5000];
     decode_chunk(Compressor::Zstd, &c, &z, &mut out).unwrap();
     assert_eq!(out, plain);
@@ -192,6 +192,24 @@ fn chunks_decode_and_verify() {
     let mut short = vec![0u8; 4000];
     assert!(decode_chunk(Compressor::Zstd, &Chunk { uncompressed: 0..4000, ..c.clone() }, &z, &mut short).is_err());
     assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    // Chunk-table digests in either algorithm; a wrong one names its algorithm.
+    use sha2::Digest;
+    let b3 = Chunk { digest: Some(ChunkDigest::Blake3(*blake3::hash(&plain).as_bytes())), ..c.clone() };
+    let s2 = Chunk { digest: Some(ChunkDigest::Sha256(sha2::Sha256::digest(&plain).into())), ..c.clone() };
+    for (chunk, algo) in [(&b3, "blake3"), (&s2, "sha256")] {
+        decode_chunk(Compressor::Zstd, chunk, &z, &mut out).unwrap();
+        let mut wrong = *chunk.digest.as_ref().unwrap();
+        match &mut wrong {
+            ChunkDigest::Blake3(d) | ChunkDigest::Sha256(d) => d[31] ^= 1,
+        }
+        let lying = Chunk { digest: Some(wrong), ..c.clone() };
+        let err = decode_chunk(Compressor::Zstd, &lying, &z, &mut out).unwrap_err();
+        assert!(err.starts_with(&format!("{algo} mismatch (chunk table ")), "{err}");
+    }
+    // The same bytes under the other algorithm's label do not verify.
+    let relabelled = Chunk { digest: Some(ChunkDigest::Sha256(*b3.digest.unwrap().bytes())), ..c.clone() };
+    assert!(verify_chunk(&relabelled, &plain).unwrap_err().contains("sha256 mismatch"));
+    assert_eq!(blake3::hash(b"").to_hex().as_str(), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
 }
 
 /// The nydus fixture images (`$EROFSD_NYDUS_FIXTURES`, default /work/shared/fixtures/nydus), or
@@ -226,4 +244,103 @@ fn real_fixture_blob_tables_parse() {
         }
         assert!(parse_blob_table(&boot, 2).is_err(), "slot count mismatch");
     }
+}
+
+/// A fixture's blob: (bootstrap, its blob table entry, the blob file, the parsed chunks).
+fn fixture_blob(dir: &std::path::Path, name: &str) -> (Vec<u8>, RafsBlob, Vec<u8>, Vec<Chunk>) {
+    let boot = std::fs::read(dir.join(name).join("image.boot")).unwrap();
+    let b = parse_blob_table(&boot, 1).unwrap().remove(0);
+    let blob = std::fs::read(dir.join(name).join("blobs").join(&b.id)).unwrap();
+    let m = &blob[b.meta_range().start as usize..b.meta_range().end as usize];
+    let (ci, h) = m.split_at(b.ci_compressed_size as usize);
+    check_meta_header(&b, h).unwrap();
+    let chunks = parse_chunk_infos(&b, &decode_ci_table(&b, ci).unwrap()).unwrap();
+    (boot, b, blob, chunks)
+}
+
+/// The chunk indices the bootstrap's chunk table lists for blob `index`.
+fn listed_chunks(boot: &[u8], index: u32) -> std::collections::BTreeSet<u32> {
+    let ext = &boot[EXT_SB_OFFSET..EXT_SB_OFFSET + 256];
+    let (off, size) = (u64_at(ext, 24) as usize, u64_at(ext, 32) as usize);
+    let records = boot[off..off + size].chunks_exact(CHUNK_RECORD_SIZE as usize);
+    records.filter(|r| u32_at(r, 32) == index).map(|r| u32_at(r, 72)).collect()
+}
+
+/// The blake3 fixtures (nydus-image's default digest): the bootstrap's chunk table gives every
+/// chunk of the blob a blake3 digest, every chunk decodes to bytes matching it, and one
+/// changed byte of decoded data is a "blake3 mismatch".
+#[test]
+fn real_fixture_blake3_digests_verify_every_chunk() {
+    let Some(dir) = fixture_dir() else { return };
+    for name in ["dir-zstd", "dir-lz4_block", "targz-rafs"] {
+        let (boot, b, blob, mut chunks) = fixture_blob(&dir, name);
+        let flags = u64_at(&boot, EXT_SB_OFFSET) & (FLAG_HASH_BLAKE3 | FLAG_HASH_SHA256);
+        assert_eq!((flags, b.digest_algo), (FLAG_HASH_BLAKE3, DIGEST_ALGO_BLAKE3), "{name}: a blake3 image");
+        let listed = listed_chunks(&boot, b.index);
+        let n = apply_chunk_digests(&boot, &b, &mut chunks).unwrap();
+        let (l, c) = (listed.len(), chunks.len());
+        assert!(n > 0 && n == l && n == c, "{name}: {n} digests, {l} chunks listed, {c} chunks");
+        let mut out = Vec::new();
+        let mut raw = 0;
+        for (i, c) in chunks.iter().enumerate() {
+            assert!(matches!(c.digest, Some(ChunkDigest::Blake3(_))), "{name} chunk {i}: {:?}", c.digest);
+            out.resize((c.uncompressed.end - c.uncompressed.start) as usize, 0);
+            decode_chunk(b.compressor, c, &blob[c.stored.start as usize..c.stored.end as usize], &mut out).unwrap();
+            raw += usize::from(!c.compressed);
+            let at = (i * 4099) % out.len();
+            out[at] ^= 0x20;
+            let err = verify_chunk(c, &out).unwrap_err();
+            assert!(err.starts_with("blake3 mismatch (chunk table "), "{name} chunk {i}: {err}");
+        }
+        eprintln!("{name}: {n} chunks verified against their blake3 digests ({raw} stored raw)");
+        // A lying digest in the chunk table (its first record): that chunk, and only it, fails.
+        let off = u64_at(&boot, EXT_SB_OFFSET + 24) as usize;
+        let lied = u32_at(&boot, off + 72) as usize;
+        let mut bb = boot.clone();
+        bb[off + 7] ^= 1;
+        let mut cs = fixture_blob(&dir, name).3;
+        assert_eq!(apply_chunk_digests(&bb, &b, &mut cs).unwrap(), n);
+        for (i, c) in cs.iter().enumerate() {
+            out.resize((c.uncompressed.end - c.uncompressed.start) as usize, 0);
+            let r = decode_chunk(b.compressor, c, &blob[c.stored.start as usize..c.stored.end as usize], &mut out);
+            assert_eq!(r.is_err(), i == lied, "{name} chunk {i}: {r:?}");
+            assert!(r.map_or_else(|e| e.starts_with("blake3 mismatch"), |_| true));
+        }
+    }
+}
+
+/// The digest algorithm needs the ext superblock flags and the blob's `digest_algo` to agree;
+/// otherwise nothing is attached (and nothing refused). Relabelling a blake3 image as sha256
+/// in both places attaches digests that every good chunk then fails: why a guess is not made.
+#[test]
+fn digest_algorithm_needs_flags_and_blob_table_to_agree() {
+    let Some(dir) = fixture_dir() else { return };
+    let (boot, b, blob, chunks) = fixture_blob(&dir, "dir-zstd");
+    let with = |flags: u64, algo: u32| {
+        let mut bb = boot.clone();
+        let f = u64_at(&bb, EXT_SB_OFFSET) & !(FLAG_HASH_BLAKE3 | FLAG_HASH_SHA256) | flags;
+        bb[EXT_SB_OFFSET..EXT_SB_OFFSET + 8].copy_from_slice(&f.to_le_bytes());
+        let mut cs = chunks.clone();
+        let n = apply_chunk_digests(&bb, &RafsBlob { digest_algo: algo, ..b.clone() }, &mut cs).unwrap();
+        (n, cs)
+    };
+    assert_eq!(with(FLAG_HASH_BLAKE3, DIGEST_ALGO_BLAKE3).0, 38);
+    for (flags, algo, what) in [
+        (FLAG_HASH_SHA256, DIGEST_ALGO_BLAKE3, "flags sha256, blob blake3"),
+        (FLAG_HASH_BLAKE3, DIGEST_ALGO_SHA256, "flags blake3, blob sha256"),
+        (FLAG_HASH_BLAKE3 | FLAG_HASH_SHA256, DIGEST_ALGO_BLAKE3, "both flags"),
+        (0, DIGEST_ALGO_BLAKE3, "neither flag"),
+        (FLAG_HASH_BLAKE3, 7, "unknown digest_algo"),
+    ] {
+        let (n, cs) = with(flags, algo);
+        assert_eq!(n, 0, "{what}");
+        assert!(cs.iter().all(|c| c.digest.is_none()), "{what}");
+    }
+    let (n, cs) = with(FLAG_HASH_SHA256, DIGEST_ALGO_SHA256);
+    assert_eq!(n, 38);
+    let c = &cs[0];
+    let mut out = vec![0u8; (c.uncompressed.end - c.uncompressed.start) as usize];
+    let stored = &blob[c.stored.start as usize..c.stored.end as usize];
+    let err = decode_chunk(b.compressor, c, stored, &mut out).unwrap_err();
+    assert!(err.starts_with("sha256 mismatch"), "{err}");
 }
