@@ -157,6 +157,11 @@ pub struct Filler {
     /// Demand fetches (on-demand and read-ahead) waiting for a fetch slot: prefetch holds
     /// back while this is non-zero ([`super::prefetch`]).
     pub(super) demand_waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Read-ahead pieces from a free source (local blobs) that may run at once: one per CPU.
+    /// Such a piece is CPU work (decode, CRC, copy); more of them at once only share the CPUs,
+    /// so the piece the reader needs next would finish no sooner than the last one queued
+    /// ([`Filler::read_ahead`] queues them nearest first).
+    pub(super) read_ahead_slots: Arc<Semaphore>,
 }
 
 /// Who asks for a fill. On-demand fills (a kernel request a reader waits on) are traced;
@@ -173,6 +178,7 @@ impl Filler {
             writer,
             fetch_slots: Arc::new(Semaphore::new(max_concurrent_fetches.max(1))),
             demand_waiting: Default::default(),
+            read_ahead_slots: Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
         }
     }
 
@@ -573,6 +579,47 @@ mod read_ahead_tests {
         }
     }
 
+    /// From a free source, read-ahead pieces run one per slot, nearest first; a request that
+    /// lands in a piece still queued (the reader caught up, far from its previous request)
+    /// extends the window instead of ending the stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn free_source_pieces_queue_nearest_first_and_a_caught_up_reader_extends_the_window() {
+        const GS: u64 = 64 << 10;
+        let policy = ReadAheadPolicy { window: 8 * GS, piece: GS, slack: GS, require_filled_behind: false };
+        let dir = tempfile::tempdir().unwrap();
+        let rec = store(dir.path(), &address_space(256)); // 16 groups
+        let source = Arc::new(Costly::new(dir.path(), 0));
+        let shared: SharedSource = source.clone();
+        let blob = Blob::new(rec, shared).unwrap();
+        let (target, _file) = sparse_target(dir.path(), &blob);
+        let mut filler = Filler::new(Writer::start(), 8);
+        filler.read_ahead_slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let hold = filler.read_ahead_slots.clone().try_acquire_owned().unwrap();
+        let rt = tokio::runtime::Handle::current();
+
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 4096, 4096, || {}), 8, "groups 1..=8");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(source.reads.lock().unwrap().is_empty(), "every piece waits for the held slot");
+        // The reader asks inside group 3 (claimed, not filled): 192 KiB past its previous
+        // request, beyond the slack, yet the window moves on to groups 9..=11.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 3 * GS + 4096, 4096, || {}), 3);
+        // A jump to a group nobody claimed is a new streak.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 14 * GS, 4096, || {}), 0);
+
+        drop(hold);
+        for _ in 0..300 {
+            if target.readiness().ready_count() == 11 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!((1..=11).all(|g| target.readiness().is_ready(g)), "groups 1..=11 filled");
+        let reads = source.reads.lock().unwrap().clone();
+        let want: Vec<u64> = (1..=11).map(|g| blob.map.stored_range(g).start).collect();
+        assert_eq!(reads, want, "one piece at a time, nearest first");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn from_a_costly_source_the_window_ramps_up_with_the_streak() {
         let dir = tempfile::tempdir().unwrap();
@@ -688,19 +735,28 @@ mod tests_support {
         inner: crate::core::source::LocalDirSource,
         overhead: u64,
         pub bytes: std::sync::atomic::AtomicU64,
+        /// Offsets of the stored ranges asked for, in order.
+        pub reads: std::sync::Mutex<Vec<u64>>,
         /// `will_need` calls received: (offset, len).
         pub hints: std::sync::Mutex<Vec<(u64, u64)>>,
     }
 
     impl Costly {
         pub fn new(dir: &std::path::Path, overhead: u64) -> Costly {
-            Costly { inner: crate::core::source::LocalDirSource::new(dir), overhead, bytes: Default::default(), hints: Default::default() }
+            Costly {
+                inner: crate::core::source::LocalDirSource::new(dir),
+                overhead,
+                bytes: Default::default(),
+                reads: Default::default(),
+                hints: Default::default(),
+            }
         }
     }
 
     impl crate::core::source::BlobSource for Costly {
         fn read_range(&self, id: &str, offset: u64, len: u64) -> crate::core::source::BoxFuture<'_, std::io::Result<Vec<u8>>> {
             self.bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+            self.reads.lock().unwrap().push(offset);
             self.inner.read_range(id, offset, len)
         }
         fn describe(&self) -> String {

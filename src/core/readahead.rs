@@ -4,9 +4,11 @@
 //! window per READ; fanotify: each backing-file read). Without read-ahead every group boundary
 //! costs a whole fetch-decode-write round trip on the reader's critical path. When a request
 //! continues where the previous one on the same target ended, the groups after it are filled in
-//! the background, in pieces that are fetched and decoded in parallel. Nobody waits for them: a
-//! request that reaches a group still in flight waits for that group only (single flight), and a
-//! failed read-ahead costs nothing but the attempt.
+//! the background, in pieces that are fetched and decoded in parallel (from local blobs one per
+//! CPU, nearest first). Nobody waits for them: a request that reaches a group still in flight
+//! waits for that group only (single flight), and a failed read-ahead costs nothing but the
+//! attempt. A request that lands in a group read-ahead claimed but has not filled yet continues
+//! the stream wherever the previous request was.
 //!
 //! From a source where bytes cost (a registry: `BlobSource::request_overhead() > 0`) the window
 //! ramps up: a stream gets read-ahead of half what it has already read sequentially (up to the
@@ -18,7 +20,10 @@
 //! cheap there, and a cold sequential reader should not pay a ramp.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Mutex};
+
 
 use super::fill::{Filler, Origin, Target};
 use super::readiness::Readiness;
@@ -49,6 +54,9 @@ pub struct ReadAheadState {
     requested: Readiness,
     /// Stored offset up to which the source was told it will be read ([`STORED_HINT`]).
     hinted_until: AtomicU64,
+    /// Read-ahead pieces (uncompressed offsets) from a free source waiting for a CPU slot;
+    /// the lowest runs first.
+    queued: Mutex<BinaryHeap<Reverse<u64>>>,
 }
 
 /// A sequential reader of a source with free requests has the source start reading this many
@@ -63,6 +71,7 @@ impl ReadAheadState {
             streak_start: AtomicU64::new(0),
             requested: Readiness::new(groups),
             hinted_until: AtomicU64::new(0),
+            queued: Mutex::new(BinaryHeap::new()),
         }
     }
 }
@@ -90,7 +99,17 @@ impl Filler {
         let prev = state.last_end.swap(end, Ordering::Relaxed);
         let size = target.blob.size();
         let gs = target.blob.map.group_size();
-        if prev == 0 || offset.abs_diff(prev) > policy.slack.max(gs) {
+        let continues = prev != 0 && offset.abs_diff(prev) <= policy.slack.max(gs);
+        // A request for a group read-ahead has claimed but not yet filled is the reader
+        // catching up with its read-ahead: the stream goes on, though the request may start far
+        // from the previous one (cachefiles asks only for what is missing, so the previous READ
+        // may be a whole window back). Without this the window stopped there, and the reader
+        // then waited at its end for an on-demand fill while the daemon sat idle.
+        let caught_up = || {
+            let g = (offset / gs) as usize;
+            state.requested.is_ready(g) && !target.readiness().is_ready(g)
+        };
+        if !continues && !caught_up() {
             state.streak_start.store(offset, Ordering::Relaxed);
             return 0;
         }
@@ -107,7 +126,7 @@ impl Filler {
         let streak = end.saturating_sub(state.streak_start.load(Ordering::Relaxed));
         let window = if target.blob.source.request_overhead() > 0 { policy.window.min(streak / 2) } else { policy.window };
         let stop = end.saturating_add(window).min(size);
-        let mut started = 0;
+        let mut pieces = Vec::new();
         while at < stop {
             let first = (at / gs) as usize;
             let last = ((at + piece).min(size).div_ceil(gs) as usize).saturating_sub(1);
@@ -117,17 +136,43 @@ impl Filler {
                 for g in first + 1..=last {
                     state.requested.set_ready(g);
                 }
-                let (filler, target, done) = (self.clone(), target.clone(), on_filled.clone());
-                rt.spawn(async move {
-                    if filler.fill_as(&target, at, piece, Origin::ReadAhead).await.is_ok() {
-                        done();
-                    }
-                });
-                started += 1;
+                pieces.push(at);
             }
             at += piece;
         }
-        if started > 0 && target.blob.source.request_overhead() == 0 {
+        let started = pieces.len();
+        if started == 0 {
+            return 0;
+        }
+        if target.blob.source.request_overhead() > 0 {
+            // From a costly source a piece mostly waits on the network: all at once.
+            for at in pieces {
+                let (this, t, done) = (self.clone(), target.clone(), on_filled.clone());
+                rt.spawn(async move {
+                    if this.fill_as(&t, at, piece, Origin::ReadAhead).await.is_ok() {
+                        done();
+                    }
+                });
+            }
+        } else {
+            // From a free source a piece is CPU work: they run one per CPU, and each that gets
+            // a CPU takes the nearest piece queued for this target (the reader needs it first),
+            // whichever request queued it. (An on-demand fill of a queued piece's group does not
+            // wait for the queue: it claims the group itself, and the piece later finds it
+            // filled.)
+            state.queued.lock().expect("read-ahead queue").extend(pieces.iter().map(|&at| Reverse(at)));
+            for _ in 0..started {
+                let (this, t, slots, done) = (self.clone(), target.clone(), self.read_ahead_slots.clone(), on_filled.clone());
+                rt.spawn(async move {
+                    let Ok(_permit) = slots.acquire_owned().await else { return };
+                    let next = t.read_ahead_state().queued.lock().expect("read-ahead queue").pop();
+                    if let Some(Reverse(at)) = next {
+                        if this.fill_as(&t, at, piece, Origin::ReadAhead).await.is_ok() {
+                            done();
+                        }
+                    }
+                });
+            }
             self.hint_stored_ahead(rt, target, state, end);
         }
         started
