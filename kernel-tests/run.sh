@@ -179,7 +179,8 @@ run_kernel() {
     local log="$work/serial.log" rc=0
     echo "   booting (log: $log, timeout ${BOOT_TIMEOUT}s) ..."
     local b0=$SECONDS
-    timeout -k 10 "$BOOT_TIMEOUT" qemu-system-x86_64 -m 2048 -smp 2 -nographic -no-reboot \
+    # Two vCPUs, each on its own host thread (multi-threaded TCG); the kernel is SMP (fragment).
+    timeout -k 10 "$BOOT_TIMEOUT" qemu-system-x86_64 -m 2048 -smp 2 -accel tcg,thread=multi -nographic -no-reboot \
         -kernel "$kernel" -initrd "$work/initrd.gz" \
         -append "console=ttyS0 panic=-1 quiet ktest.timeout=$((BOOT_TIMEOUT - 30))" \
         -drive "file=$disk,format=raw,if=virtio" </dev/null >"$log" 2>&1 || rc=$?

@@ -2,6 +2,9 @@
 # different files (odd readers shuffle), on two mounts at once; every byte checked by sha256.
 . /ktest/lib.sh
 . /ktest/erofsd-lib.sh
+# The readers must really run at once: the test kernel is SMP and QEMU gives it two vCPUs.
+cpus=$(grep -c '^processor' /proc/cpuinfo)
+[ "$cpus" -ge 2 ] || fail "the guest has $cpus CPU online: concurrent readers would take turns"
 start_daemon
 mkdir -p /mnt/cc-a /mnt/cc-b
 ero mount "$ERO_IN/alltypes" /mnt/cc-a --fsid conc-a || fail "mount alltypes failed"
