@@ -3,12 +3,17 @@
 # (loop devices over `erofsd check --write-raw` output: the limit); then warm re-reads; READ
 # round-trip latency (message read -> READ_COMPLETE ioctl) from the daemon's metrics.
 # Targets: cold within 1.5x of native, warm equal. Correctness is asserted; ratios are printed.
+# The cold rows are the best of $REPS alternating native/erofsd passes (each erofsd pass on a
+# fresh fsid, so a cold cache): on the SMP guest one pass swung by 3x between boots (2 vCPUs
+# and QEMU's I/O thread share the host's 2 cores), in either row.
 . /ktest/lib.sh
 . /ktest/erofsd-lib.sh
 img=$(cat "$ERO_IN/bench-image")
 raw="$ERO_IN/$img-raw"
 mkdir -p /mnt/bn-native /mnt/bn-erofsd
 secs() { sed -n 's/.* secs=\([0-9.]*\) .*/\1/p'; }
+REPS=3
+least() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b + 0 < a + 0) ? b : a }'; }
 
 # Native: bootstrap and each blob's raw address space on loop devices, in device-table order.
 lb=$(losetup -f); losetup -r "$lb" "$ERO_IN/$img/image.boot"
@@ -18,16 +23,26 @@ for id in $(cat "$raw.order"); do
     l=$(losetup -f); losetup -r "$l" "$raw/$id"; opts="$opts,device=$l"
 done
 mount -t erofs -o "$opts" "$lb" /mnt/bn-native || fail "native mount failed"
-drop_caches
-n_cold=$(ktest-tree readall /mnt/bn-native | tee -a "$KTEST_OUT/bench.txt" | secs)
-n_warm=$(ktest-tree readall /mnt/bn-native | tee -a "$KTEST_OUT/bench.txt" | secs)
 
 start_daemon
-ero mount "$ERO_IN/$img" /mnt/bn-erofsd --fsid bench1 || fail "erofsd mount failed"
-drop_caches
-e_cold=$(ktest-tree readall /mnt/bn-erofsd | tee -a "$KTEST_OUT/bench.txt" | secs)
+n_cold=""; e_cold=""
+for r in $(seq 1 $REPS); do
+    drop_caches
+    t=$(ktest-tree readall /mnt/bn-native | tee -a "$KTEST_OUT/bench.txt" | secs); n_cold=$(least "$n_cold" "$t")
+    [ "$r" -gt 1 ] && { ero umount /mnt/bn-erofsd || fail "erofsd umount failed"; }
+    ero mount "$ERO_IN/$img" /mnt/bn-erofsd --fsid "bench$r" || fail "erofsd mount failed"
+    before=$(metric reads); before_bytes=$(metric read_bytes); before_pref=$(metric prefetches)
+    drop_caches
+    t=$(ktest-tree readall /mnt/bn-erofsd | tee -a "$KTEST_OUT/bench.txt" | secs); e_cold=$(least "$e_cold" "$t")
+done
+# The last cold pass's READs; the warm re-reads follow their own cold pass.
+reads=$(( $(metric reads) - before )); rbytes=$(( $(metric read_bytes) - before_bytes ))
+pref=$(( $(metric prefetches) - before_pref ))
 e_warm=$(ktest-tree readall /mnt/bn-erofsd | tee -a "$KTEST_OUT/bench.txt" | secs)
-reads=$(metric reads); rbytes=$(metric read_bytes); pref=$(metric prefetches)
+# Native warm: the erofsd passes may have pushed the native pages out; the first re-read puts
+# them back, the second is measured.
+ktest-tree readall /mnt/bn-native >/dev/null
+n_warm=$(ktest-tree readall /mnt/bn-native | tee -a "$KTEST_OUT/bench.txt" | secs)
 p50=$(latency p50); p90=$(latency p90); p99=$(latency p99); pmax=$(latency max)
 # The same tree with uncompressed groups (what decompression costs under TCG).
 mkdir -p /mnt/bn-plain
@@ -38,7 +53,7 @@ ero umount /mnt/bn-plain
 # Cache files warm, page cache cold: remount (no READ may reach the daemon).
 before_remount=$(metric reads)
 ero umount /mnt/bn-erofsd
-ero mount "$ERO_IN/$img" /mnt/bn-erofsd --fsid bench1 || fail "erofsd remount failed"
+ero mount "$ERO_IN/$img" /mnt/bn-erofsd --fsid "bench$REPS" || fail "erofsd remount failed"
 drop_caches
 e_cached=$(ktest-tree readall /mnt/bn-erofsd | tee -a "$KTEST_OUT/bench.txt" | secs)
 extra=$(( $(metric reads) - before_remount ))
@@ -51,14 +66,14 @@ for l in $(losetup -a | grep -o '^/dev/loop[0-9]*'); do losetup -d "$l" 2>/dev/n
 ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
 {
 echo "BENCH image=$img kernel=$KTEST_KVER (QEMU TCG, $(grep -c '^processor' /proc/cpuinfo) vCPUs online; single-threaded full read of every regular file)"
-echo "BENCH | case                                   | seconds | vs native cold |"
+echo "BENCH | case (cold: best of $REPS alternating passes) | seconds | vs native cold |"
 echo "BENCH | native EROFS, loop devices, cold       | $n_cold | 1.00 |"
 echo "BENCH | erofsd cachefiles, cold cache          | $e_cold | $(ratio "$e_cold" "$n_cold") |"
 echo "BENCH | erofsd, cold, uncompressed-group image | $p_cold | $(ratio "$p_cold" "$n_cold") |"
 echo "BENCH | native EROFS, warm page cache          | $n_warm | $(ratio "$n_warm" "$n_cold") |"
 echo "BENCH | erofsd, warm page cache                | $e_warm | $(ratio "$e_warm" "$n_cold") (vs native warm $(ratio "$e_warm" "$n_warm")) |"
 echo "BENCH | erofsd, remounted over warm cache files | $e_cached | $(ratio "$e_cached" "$n_cold") |"
-echo "BENCH | READs (cold pass): $reads, $rbytes bytes, $pref prefetches; READ round trip us: p50 $p50, p90 $p90, p99 $p99, max $pmax |"
+echo "BENCH | READs (last cold pass): $reads, $rbytes bytes, $pref prefetches; READ round trip us: p50 $p50, p90 $p90, p99 $p99, max $pmax |"
 echo "BENCH | READs after remount over warm cache: $extra |"
 } | tee "$KTEST_OUT/table.txt"
 [ "$extra" = 0 ] || fail "$extra READs after remount over a warm cache"
