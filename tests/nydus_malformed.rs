@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use erofs::rafs::{decode_ci_table, decompress, parse_blob_table, parse_chunk_infos, Chunk, Compressor, RafsBlob};
+use erofs::rafs::{decompress, parse_blob_table, read_blob_meta, Chunk, Compressor, RafsBlob};
 use erofsd::core::blob::Blob;
 use erofsd::core::fill::{Filler, Target};
 use erofsd::core::images::ImageStore;
@@ -220,9 +220,7 @@ async fn nydus_mutated_chunk_infos_fail_clearly() {
 /// The chunks of a fixture copy's single blob, parsed straight from its bytes.
 fn chunks_of(boot: &[u8], blob: &[u8]) -> (RafsBlob, Vec<Chunk>) {
     let b = parse_blob_table(boot, 1).unwrap().remove(0);
-    let m = &blob[b.meta_range().start as usize..b.meta_range().end as usize];
-    let (ci, _) = m.split_at(b.ci_compressed_size as usize);
-    let chunks = parse_chunk_infos(&b, &decode_ci_table(&b, ci).unwrap()).unwrap();
+    let chunks = read_blob_meta(&b, &blob[b.meta_range().start as usize..b.meta_range().end as usize]).unwrap().chunks;
     (b, chunks)
 }
 

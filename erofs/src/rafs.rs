@@ -396,6 +396,21 @@ pub fn parse_blob_meta(blob: &RafsBlob, header: &[u8], table: &[u8]) -> Result<B
     Ok(BlobMeta { chunks, zran: Some(zt) })
 }
 
+/// Reads a blob meta from its stored bytes (`meta`: the [`RafsBlob::meta_range`] bytes of the
+/// blob, or of its separate meta blob for zran): the compressed CI table, then the 4 KiB header,
+/// which is checked ([`check_meta_header`]); the table is decoded and parsed
+/// ([`parse_blob_meta`]).
+pub fn read_blob_meta(blob: &RafsBlob, meta: &[u8]) -> Result<BlobMeta, RafsError> {
+    let want = blob.ci_compressed_size + META_HEADER_SIZE;
+    if meta.len() as u64 != want {
+        return Err(bad!("blob {} meta: {} bytes, want {want}", &blob.id[..12], meta.len()));
+    }
+    let (ci, header) = meta.split_at(blob.ci_compressed_size as usize);
+    check_meta_header(blob, header)?;
+    let table = decode_ci_table(blob, ci)?;
+    parse_blob_meta(blob, header, &table)
+}
+
 /// Decodes the CI table (already decompressed, `blob.ci_uncompressed_size` bytes) into chunks,
 /// checking every chunk against the blob: inside its address space and data area, no overlap,
 /// sizes within the chunk size, compressed chunks smaller than... well, bounded.

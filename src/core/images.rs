@@ -181,10 +181,7 @@ impl ImageStore {
                     whole[r.start as usize..r.end as usize].to_vec()
                 }
             };
-            let (ci, header) = meta.split_at(rb.ci_compressed_size as usize);
-            erofs::rafs::check_meta_header(rb, header)?;
-            let table = erofs::rafs::decode_ci_table(rb, ci)?;
-            let mut parsed = erofs::rafs::parse_blob_meta(rb, header, &table)?;
+            let mut parsed = erofs::rafs::read_blob_meta(rb, &meta)?;
             let digests = erofs::rafs::apply_chunk_digests(boot, rb, &mut parsed.chunks)?;
             if rb.is_zran() && digests != parsed.chunks.len() {
                 // Nothing else ties a zran chunk's inflated bytes to the image (DEFLATE has no

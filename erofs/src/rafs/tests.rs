@@ -232,11 +232,7 @@ fn real_fixture_blob_tables_parse() {
         assert!(is_rafs_v6(&boot));
         let t = parse_blob_table(&boot, 1).unwrap();
         assert_eq!((t.len(), t[0].compressor, t[0].chunk_count), (1, comp, 38), "{name}");
-        let blob = std::fs::read(dir.join(name).join("blobs").join(&t[0].id)).unwrap();
-        let m = &blob[t[0].meta_range().start as usize..t[0].meta_range().end as usize];
-        let (ci, h) = m.split_at(t[0].ci_compressed_size as usize);
-        check_meta_header(&t[0], h).unwrap();
-        let chunks = parse_chunk_infos(&t[0], &decode_ci_table(&t[0], ci).unwrap()).unwrap();
+        let (_, _, blob, chunks) = fixture_blob(&dir, name);
         let mut out = Vec::new();
         for c in &chunks {
             out.resize((c.uncompressed.end - c.uncompressed.start) as usize, 0);
@@ -251,10 +247,7 @@ fn fixture_blob(dir: &std::path::Path, name: &str) -> (Vec<u8>, RafsBlob, Vec<u8
     let boot = std::fs::read(dir.join(name).join("image.boot")).unwrap();
     let b = parse_blob_table(&boot, 1).unwrap().remove(0);
     let blob = std::fs::read(dir.join(name).join("blobs").join(&b.id)).unwrap();
-    let m = &blob[b.meta_range().start as usize..b.meta_range().end as usize];
-    let (ci, h) = m.split_at(b.ci_compressed_size as usize);
-    check_meta_header(&b, h).unwrap();
-    let chunks = parse_chunk_infos(&b, &decode_ci_table(&b, ci).unwrap()).unwrap();
+    let chunks = read_blob_meta(&b, &blob[b.meta_range().start as usize..b.meta_range().end as usize]).unwrap().chunks;
     (boot, b, blob, chunks)
 }
 

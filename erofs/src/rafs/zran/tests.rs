@@ -209,10 +209,7 @@ fn real_targz_ref_fixture_decodes() {
     let (meta_id, meta_size) = b.meta_blob().unwrap();
     let meta = std::fs::read(img.join("blobs").join(&meta_id)).unwrap();
     assert_eq!(meta.len() as u64, meta_size);
-    let m = &meta[b.meta_range().start as usize..b.meta_range().end as usize];
-    let (ci, h) = m.split_at(b.ci_compressed_size as usize);
-    check_meta_header(b, h).unwrap();
-    let parsed = parse_blob_meta(b, h, &decode_ci_table(b, ci).unwrap()).unwrap();
+    let parsed = read_blob_meta(b, &meta[b.meta_range().start as usize..b.meta_range().end as usize]).unwrap();
     let z = parsed.zran.unwrap();
     assert_eq!((parsed.chunks.len(), z.contexts().len()), (38, 10));
     let gz = std::fs::read(img.join("blobs").join(&b.id)).unwrap();
@@ -241,9 +238,7 @@ fn chunk_table_digests_verify_zran_chunks() {
     let boot = std::fs::read(img.join("image.boot")).unwrap();
     let b = parse_blob_table(&boot, 1).unwrap().remove(0);
     let meta = std::fs::read(img.join("blobs").join(b.meta_blob().unwrap().0)).unwrap();
-    let m = &meta[b.meta_range().start as usize..b.meta_range().end as usize];
-    let (ci, h) = m.split_at(b.ci_compressed_size as usize);
-    let parsed = parse_blob_meta(&b, h, &decode_ci_table(&b, ci).unwrap()).unwrap();
+    let parsed = read_blob_meta(&b, &meta[b.meta_range().start as usize..b.meta_range().end as usize]).unwrap();
     let mut chunks = parsed.chunks.clone();
     assert_eq!(apply_chunk_digests(&boot, &b, &mut chunks).unwrap(), 38);
     let z = parsed.zran.unwrap();
