@@ -15,7 +15,7 @@ use std::sync::Arc;
 use common::compare::{assert_trees_equal, Options};
 use common::data::noise;
 use common::{cli, fixtures};
-use fanotify_harness::{drop_caches, regular_files, require_fanotify, Daemon, MountDir};
+use fanotify_harness::{drop_caches, open_without_readahead, regular_files, require_fanotify, Daemon, MountDir};
 
 fn full_tree(test: &str, fixture: &str, min_files: usize) {
     let s = fixtures::scratch(test);
@@ -67,10 +67,8 @@ fn fanotify_partial_read_fetches_only_touched_groups() {
     let mnt = MountDir::new(s.path(), "mnt");
     d.mount(&img, &mnt.0);
 
-    let f = std::fs::File::open(mnt.0.join("big")).unwrap();
     // No readahead: the page read is the only backing read.
-    // SAFETY: fadvise on an open fd.
-    unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_RANDOM) };
+    let f = open_without_readahead(&mnt.0.join("big"));
     let off = 5 * (1 << 20) + 12345;
     let mut buf = vec![0u8; 100];
     f.read_exact_at(&mut buf, off as u64).unwrap();

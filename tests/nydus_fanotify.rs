@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use common::compare::{assert_trees_equal, Mtime, Options};
-use fanotify_harness::{require_fanotify, Daemon, MountDir};
+use fanotify_harness::{open_without_readahead, require_fanotify, Daemon, MountDir};
 
 fn nydus_fixtures() -> PathBuf {
     let p = std::env::var_os("EROFSD_NYDUS_FIXTURES").map(PathBuf::from).unwrap_or_else(|| "/work/shared/fixtures/nydus".into());
@@ -43,13 +43,20 @@ fn copy_image(name: &str, to: &Path) -> PathBuf {
     img
 }
 
-fn serve_fixture(test: &str, name: &str) {
+/// A scratch dir holding the unpacked source tree and a private copy of fixture `name`:
+/// (scratch, tree, image); `None` after a loud skip where fanotify cannot serve.
+fn prepare(test: &str, name: &str) -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
     let s = common::fixtures::scratch(test);
     if !require_fanotify(test, s.path()) {
-        return;
+        return None;
     }
     let tree = unpack_tree(s.path());
     let img = copy_image(name, s.path());
+    Some((s, tree, img))
+}
+
+fn serve_fixture(test: &str, name: &str) {
+    let Some((s, tree, img)) = prepare(test, name) else { return };
     let d = Daemon::start(s.path(), false);
     let mnt = MountDir::new(s.path(), "mnt");
     d.mount(&img, &mnt.0);
@@ -94,21 +101,13 @@ fn nydus_targz_ref_byte_exact() {
 /// and decodes only the chunk it touches, and returns the right bytes.
 #[test]
 fn nydus_partial_read_fetches_only_the_touched_chunk() {
-    let test = "nydus_partial_read_fetches_only_the_touched_chunk";
-    let s = common::fixtures::scratch(test);
-    if !require_fanotify(test, s.path()) {
-        return;
-    }
-    let tree = unpack_tree(s.path());
-    let img = copy_image("dir-zstd", s.path());
+    let Some((s, tree, img)) = prepare("nydus_partial_read_fetches_only_the_touched_chunk", "dir-zstd") else { return };
     let d = Daemon::start(s.path(), false);
     let mnt = MountDir::new(s.path(), "mnt");
     d.mount(&img, &mnt.0);
     let want = std::fs::read(tree.join("data/random_2_5m")).unwrap();
-    let f = std::fs::File::open(mnt.0.join("data/random_2_5m")).unwrap();
     // No readahead: the page read is the only backing read.
-    // SAFETY: fadvise on an open fd.
-    unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_RANDOM) };
+    let f = open_without_readahead(&mnt.0.join("data/random_2_5m"));
     let off = (1 << 20) + 300_000;
     let mut buf = vec![0u8; 100];
     f.read_exact_at(&mut buf, off as u64).unwrap();
@@ -125,7 +124,7 @@ fn nydus_partial_read_fetches_only_the_touched_chunk() {
     // after it (src/core/readahead.rs), so the upper bound is the read-ahead policy's, not ours.
     let n = d.blob_sum("groups_fetched");
     assert!(n >= 3, "{n} chunks decoded for a three-chunk file");
-    assert_eq!(d.metrics()["blobs"].as_object().unwrap().values().map(|b| b["errors"].as_u64().unwrap()).sum::<u64>(), 0);
+    assert_eq!(d.blobs_sum("errors"), 0);
     drop(f);
     d.umount(&mnt.0);
 }
@@ -136,21 +135,14 @@ fn nydus_partial_read_fetches_only_the_touched_chunk() {
 /// changed bytes; the file's other chunks and the other files read right.
 #[test]
 fn nydus_altered_chunk_is_eio_never_wrong_bytes() {
-    let test = "nydus_altered_chunk_is_eio_never_wrong_bytes";
-    let s = common::fixtures::scratch(test);
-    if !require_fanotify(test, s.path()) {
-        return;
-    }
-    let tree = unpack_tree(s.path());
-    let img = copy_image("dir-zstd", s.path());
+    let Some((s, tree, img)) = prepare("nydus_altered_chunk_is_eio_never_wrong_bytes", "dir-zstd") else { return };
     let want = std::fs::read(tree.join("data/random_2_5m")).unwrap();
     let boot = std::fs::read(img.join("image.boot")).unwrap();
     let rb = erofs::rafs::parse_blob_table(&boot, 1).unwrap().remove(0);
     let blob_path = img.join("blobs").join(&rb.id);
     let mut blob = std::fs::read(&blob_path).unwrap();
     let meta = &blob[rb.meta_range().start as usize..rb.meta_range().end as usize];
-    let ci = &meta[..rb.ci_compressed_size as usize];
-    let chunks = erofs::rafs::parse_chunk_infos(&rb, &erofs::rafs::decode_ci_table(&rb, ci).unwrap()).unwrap();
+    let chunks = erofs::rafs::read_blob_meta(&rb, meta).unwrap().chunks;
     let stored = |c: &erofs::rafs::Chunk| c.stored.start as usize..c.stored.end as usize;
     let c = chunks.iter().find(|c| !c.compressed && blob[stored(c)] == want[1 << 20..2 << 20]);
     let c = c.expect("the file's second MiB as a raw chunk");
@@ -161,10 +153,8 @@ fn nydus_altered_chunk_is_eio_never_wrong_bytes() {
     let d = Daemon::start(s.path(), false);
     let mnt = MountDir::new(s.path(), "mnt");
     d.mount(&img, &mnt.0);
-    let f = std::fs::File::open(mnt.0.join("data/random_2_5m")).unwrap();
     // No readahead: each read below asks for its own chunk only.
-    // SAFETY: fadvise on an open fd.
-    unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_RANDOM) };
+    let f = open_without_readahead(&mnt.0.join("data/random_2_5m"));
     let mut buf = vec![0u8; 100];
     let read_at = |buf: &mut [u8], off: usize| f.read_exact_at(buf, off as u64).map_err(|e| e.raw_os_error());
     read_at(&mut buf, 12_345).unwrap();
@@ -181,7 +171,7 @@ fn nydus_altered_chunk_is_eio_never_wrong_bytes() {
     }
     let log = std::fs::read_to_string(s.path().join("daemon.log")).unwrap();
     assert!(log.contains("blake3 mismatch (chunk table "), "the daemon log names the failure:\n{}", d.log_text());
-    let errors: u64 = d.metrics()["blobs"].as_object().unwrap().values().map(|b| b["errors"].as_u64().unwrap()).sum();
+    let errors = d.blobs_sum("errors");
     eprintln!("altered chunk: EIO; blob errors {errors}; metrics {}", d.metrics());
     assert!(errors > 0);
     drop(f);

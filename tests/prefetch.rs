@@ -16,7 +16,7 @@ use common::registry::{require_registry, Fault, FaultFront, Registry};
 use build_common::noise;
 use common::{cli, fixtures};
 use erofs::reader::ExtentKind;
-use fanotify_harness::{require_fanotify, Daemon, MountDir};
+use fanotify_harness::{open_without_readahead, require_fanotify, Daemon, MountDir};
 
 
 /// `n` files `dir/fNN` of `size` noise bytes each, plus small and nested files.
@@ -112,12 +112,6 @@ fn mount_with(d: &Daemon, image: &Path, mnt: &Path, extra: &[&str]) {
     assert!(out.status.success(), "erofsd mount failed: {}\nlog:\n{}", cli::tail(&out.stderr), d.log_text());
 }
 
-/// Per-blob daemon counter summed over blobs.
-fn blobs_sum(d: &Daemon, key: &str) -> u64 {
-    let m = d.metrics();
-    m["blobs"].as_object().map(|o| o.values().map(|v| v[key].as_u64().unwrap_or(0)).sum()).unwrap_or(0)
-}
-
 /// Waits until the mount's prefetch says it is done; returns how long that took.
 fn wait_prefetch_done(d: &Daemon, limit: Duration) -> Duration {
     let t0 = Instant::now();
@@ -201,10 +195,10 @@ fn fanotify_trace_recorded_exported_rebuilt_and_prefetched() {
     let mnt2 = MountDir::new(s.path(), "mnt2");
     mount_with(&d2, &img_b, &mnt2.0, &["--prefetch", "trace"]);
     let took = wait_prefetch_done(&d2, Duration::from_secs(60));
-    let (pg, pb) = (blobs_sum(&d2, "prefetch_groups"), blobs_sum(&d2, "prefetch_bytes"));
+    let (pg, pb) = (d2.blobs_sum("prefetch_groups"), d2.blobs_sum("prefetch_bytes"));
     eprintln!("trace prefetch: {pg} groups, {pb} stored bytes in {took:.2?}");
     assert_eq!(pg, want_groups, "prefetched exactly the trace's groups");
-    assert_eq!(blobs_sum(&d2, "groups"), want_groups, "and nothing else");
+    assert_eq!(d2.blobs_sum("groups"), want_groups, "and nothing else");
     let filled_before = d2.frontend("filled_allowed");
     for h in hot {
         assert!(std::fs::read(mnt2.0.join(h)).unwrap() == std::fs::read(src.join(h)).unwrap());
@@ -212,7 +206,7 @@ fn fanotify_trace_recorded_exported_rebuilt_and_prefetched() {
     let filled = d2.frontend("filled_allowed") - filled_before;
     eprintln!(
         "reads after prefetch: {filled} events waited for a fill; groups fetched in all {} (read-ahead past the startup set included)",
-        blobs_sum(&d2, "groups")
+        d2.blobs_sum("groups")
     );
     assert_eq!(filled, 0, "no read of the startup set waited for a fetch");
     assert_eq!(d2.frontend("denied"), 0);
@@ -240,7 +234,7 @@ fn fanotify_blobs_mode_fills_the_whole_blob_and_drops_the_mark() {
     assert_eq!(cf["groups_ready"], cf["groups"], "every group is in the cache file");
     assert_eq!(cf["marked"], false, "a complete blob loses its mark");
     assert!(d.frontend("marks_removed") >= 1);
-    assert_eq!(blobs_sum(&d, "prefetch_groups"), cf["groups"].as_u64().unwrap());
+    assert_eq!(d.blobs_sum("prefetch_groups"), cf["groups"].as_u64().unwrap());
     let events = d.frontend("events");
     for f in fanotify_harness::regular_files(&src) {
         assert!(std::fs::read(mnt.0.join(&f)).unwrap() == std::fs::read(src.join(&f)).unwrap());
@@ -267,7 +261,7 @@ fn fanotify_prefetch_bandwidth_cap_is_a_floor_on_time() {
     mount_with(&d, &img, &mnt.0, &["--prefetch", "blobs", "--prefetch-bandwidth", "8M"]);
     wait_prefetch_done(&d, Duration::from_secs(60));
     let took = t0.elapsed();
-    let bytes = blobs_sum(&d, "prefetch_bytes");
+    let bytes = d.blobs_sum("prefetch_bytes");
     eprintln!("{bytes} stored bytes prefetched at a cap of 8 MiB/s in {took:.2?}");
     assert!(bytes >= 32 << 20, "the whole (incompressible) blob was prefetched: {bytes}");
     // One 1 MiB piece may go at once; the other 31 MiB take >= 31/8 s = 3.875 s.
@@ -300,7 +294,7 @@ fn fanotify_on_demand_read_goes_ahead_of_a_slow_prefetch() {
     mount_with(&d, Path::new(&format!("{}/erofsd/rootfs:l3", front.url())), &mnt.0, &["--prefetch", "blobs"]);
     // Let the prefetch get going (it is one 1 MiB request at a time, each >= 300 ms).
     let t0 = Instant::now();
-    while blobs_sum(&d, "prefetch_groups") == 0 {
+    while d.blobs_sum("prefetch_groups") == 0 {
         assert!(t0.elapsed() < Duration::from_secs(30), "prefetch did not start\nlog:\n{}", d.log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -311,15 +305,14 @@ fn fanotify_on_demand_read_goes_ahead_of_a_slow_prefetch() {
         .rev()
         .find(|f| std::fs::metadata(expected.join(f)).unwrap().len() > 1 << 20)
         .expect("a file over 1 MiB");
-    let before = (blobs_sum(&d, "requests"), blobs_sum(&d, "prefetch_groups"));
-    let f = std::fs::File::open(mnt.0.join(&far)).unwrap();
-    // SAFETY: advice on our own open fd; no kernel read-ahead, so the read is one small range.
-    unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_RANDOM) };
+    let before = (d.blobs_sum("requests"), d.blobs_sum("prefetch_groups"));
+    // No kernel read-ahead, so the read is one small range.
+    let f = open_without_readahead(&mnt.0.join(&far));
     let mut buf = vec![0u8; 4096];
     let t1 = Instant::now();
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 0).unwrap();
     let took = t1.elapsed();
-    let after = (blobs_sum(&d, "requests"), blobs_sum(&d, "prefetch_groups"));
+    let after = (d.blobs_sum("requests"), d.blobs_sum("prefetch_groups"));
     eprintln!(
         "on-demand read of {} during a prefetch: {took:.2?} (request delay {delay:?}); requests {} -> {}, prefetched groups {} -> {}",
         far.display(),

@@ -162,6 +162,14 @@ impl Daemon {
         m["frontend"]["cache_files"].as_object().map(|o| o.values().map(|v| v[key].as_u64().unwrap_or(0)).sum()).unwrap_or(0)
     }
 
+    /// Sum of a per-blob fill counter (`blobs` in the metrics: groups, requests, errors, …)
+    /// over all blobs; panics if the daemon does not report it.
+    pub fn blobs_sum(&self, key: &str) -> u64 {
+        let m = self.metrics();
+        let blobs = m["blobs"].as_object().unwrap_or_else(|| panic!("no blobs in the metrics: {m}"));
+        blobs.values().map(|b| b[key].as_u64().unwrap_or_else(|| panic!("no blob metric {key}: {m}"))).sum()
+    }
+
     pub fn frontend(&self, key: &str) -> u64 {
         self.metrics()["frontend"][key].as_u64().unwrap_or_else(|| panic!("no frontend metric {key}"))
     }
@@ -283,6 +291,16 @@ fn short_socket_path() -> PathBuf {
     let dir = PathBuf::from("/run/erofsd-fantest");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(format!("{}-{}.sock", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Opens `path` for reading with the kernel's readahead off (`POSIX_FADV_RANDOM`), so each
+/// read asks the backing file for its own pages only.
+pub fn open_without_readahead(path: &Path) -> std::fs::File {
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    // SAFETY: advice on our own open fd.
+    let rc = unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_RANDOM) };
+    assert_eq!(rc, 0, "posix_fadvise(RANDOM) on {}", path.display());
+    f
 }
 
 pub fn drop_caches() {
