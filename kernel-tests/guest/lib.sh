@@ -2,6 +2,9 @@
 
 fail() { echo "FAIL: $*"; exit 1; }
 
+# CPUs the guest kernel brought up.
+online_cpus() { grep -c '^processor' /proc/cpuinfo; }
+
 # verify_tree DIR: every regular file matches the host-made sha256 manifest, and the set of
 # paths (files, dirs, symlinks) equals the host's list, and the symlink points where it should.
 verify_tree() {

@@ -19,11 +19,10 @@
 //! (scripts/bench-registry.sh). From local blobs the full window applies at once: bytes are
 //! cheap there, and a cold sequential reader should not pay a ramp.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
 
 use super::fill::{Filler, Origin, Target};
 use super::readiness::Readiness;
@@ -54,8 +53,8 @@ pub struct ReadAheadState {
     requested: Readiness,
     /// Stored offset up to which the source was told it will be read ([`STORED_HINT`]).
     hinted_until: AtomicU64,
-    /// Read-ahead pieces (uncompressed offsets) from a free source waiting for a CPU slot;
-    /// the lowest runs first.
+    /// Read-ahead pieces (uncompressed offsets) not started yet (from a free source: waiting for
+    /// a CPU slot); the lowest runs first.
     queued: Mutex<BinaryHeap<Reverse<u64>>>,
 }
 
@@ -144,35 +143,31 @@ impl Filler {
         if started == 0 {
             return 0;
         }
-        if target.blob.source.request_overhead() > 0 {
-            // From a costly source a piece mostly waits on the network: all at once.
-            for at in pieces {
-                let (this, t, done) = (self.clone(), target.clone(), on_filled.clone());
-                rt.spawn(async move {
+        // From a free source a piece is CPU work (read, decode, CRC, write): pieces run one per
+        // CPU. From a costly source a piece mostly waits on the network: all run at once. Either
+        // way each task takes the nearest piece still queued for this target (the reader needs
+        // it first), whichever request queued it. An on-demand fill of a queued piece's group
+        // does not wait for the queue: it claims the group itself, and the piece later finds it
+        // filled.
+        let cpu_slots = (target.blob.source.request_overhead() == 0).then(|| self.read_ahead_slots.clone());
+        state.queued.lock().expect("read-ahead queue").extend(pieces.into_iter().map(Reverse));
+        for _ in 0..started {
+            let (this, t, slots, done) = (self.clone(), target.clone(), cpu_slots.clone(), on_filled.clone());
+            rt.spawn(async move {
+                // (Acquiring cannot fail: nothing closes the semaphore.)
+                let _permit = match slots {
+                    Some(slots) => slots.acquire_owned().await.ok(),
+                    None => None,
+                };
+                let next = t.read_ahead_state().queued.lock().expect("read-ahead queue").pop();
+                if let Some(Reverse(at)) = next {
                     if this.fill_as(&t, at, piece, Origin::ReadAhead).await.is_ok() {
                         done();
                     }
-                });
-            }
-        } else {
-            // From a free source a piece is CPU work: they run one per CPU, and each that gets
-            // a CPU takes the nearest piece queued for this target (the reader needs it first),
-            // whichever request queued it. (An on-demand fill of a queued piece's group does not
-            // wait for the queue: it claims the group itself, and the piece later finds it
-            // filled.)
-            state.queued.lock().expect("read-ahead queue").extend(pieces.iter().map(|&at| Reverse(at)));
-            for _ in 0..started {
-                let (this, t, slots, done) = (self.clone(), target.clone(), self.read_ahead_slots.clone(), on_filled.clone());
-                rt.spawn(async move {
-                    let Ok(_permit) = slots.acquire_owned().await else { return };
-                    let next = t.read_ahead_state().queued.lock().expect("read-ahead queue").pop();
-                    if let Some(Reverse(at)) = next {
-                        if this.fill_as(&t, at, piece, Origin::ReadAhead).await.is_ok() {
-                            done();
-                        }
-                    }
-                });
-            }
+                }
+            });
+        }
+        if cpu_slots.is_some() {
             self.hint_stored_ahead(rt, target, state, end);
         }
         started

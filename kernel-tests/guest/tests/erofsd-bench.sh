@@ -65,7 +65,7 @@ for l in $(losetup -a | grep -o '^/dev/loop[0-9]*'); do losetup -d "$l" 2>/dev/n
 
 ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
 {
-echo "BENCH image=$img kernel=$KTEST_KVER (QEMU TCG, $(grep -c '^processor' /proc/cpuinfo) vCPUs online; single-threaded full read of every regular file)"
+echo "BENCH image=$img kernel=$KTEST_KVER (QEMU TCG, $(online_cpus) vCPUs online; single-threaded full read of every regular file)"
 echo "BENCH | case (cold: best of $REPS alternating passes) | seconds | vs native cold |"
 echo "BENCH | native EROFS, loop devices, cold       | $n_cold | 1.00 |"
 echo "BENCH | erofsd cachefiles, cold cache          | $e_cold | $(ratio "$e_cold" "$n_cold") |"

@@ -3,7 +3,7 @@
 . /ktest/lib.sh
 . /ktest/erofsd-lib.sh
 # The readers must really run at once: the test kernel is SMP and QEMU gives it two vCPUs.
-cpus=$(grep -c '^processor' /proc/cpuinfo)
+cpus=$(online_cpus)
 [ "$cpus" -ge 2 ] || fail "the guest has $cpus CPU online: concurrent readers would take turns"
 start_daemon
 mkdir -p /mnt/cc-a /mnt/cc-b
