@@ -17,6 +17,8 @@
 # mount a damaged copy next to its intact original.
 #   missing/    gen/'s bootstrap with no blobs
 #   oci-conv/   the oci fixture converted by `erofsd convert` into an OCI layout (tag conv)
+#   registry/   the same conversion pushed into a docker-registry's storage, with the registry
+#               binary and its libraries (erofsd-failover-registry)
 set -euo pipefail
 OUT=$1 EROFSD=$2 KTREE=$3 GEN=$4
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,6 +34,35 @@ image() { # NAME SRC... [-- build options]
     "$EROFSD" --log warn build "${opts[@]}" "${srcs[@]}" -o "$OUT/$name" >"$OUT/$name.build.log"
 }
 manifest() { "$KTREE" manifest "$1" --xattrs >"$2"; }
+
+# registry_storage LAYOUT: the oci fixture converted by `erofsd convert` and pushed into a real
+# Debian `docker-registry` started here on loopback, whose storage directory becomes
+# registry/storage/ (erofsd-failover-registry runs the same registry over it inside the guest,
+# so blobs come by HTTP range requests as in production). The registry binary goes along with
+# the dynamic loader and libc it needs (the guest has no /lib).
+registry_storage() {
+    local reg="$OUT/registry" port rpid lib
+    if ! command -v docker-registry >/dev/null; then
+        echo "erofsd-inputs: no docker-registry on the host; erofsd-failover-registry will fail" >&2
+        return 0
+    fi
+    mkdir -p "$reg/bin" "$reg/storage"
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+        "$reg/storage" "$port" >"$scratch/registry.yml"
+    docker-registry serve "$scratch/registry.yml" >"$scratch/registry.log" 2>&1 &
+    rpid=$!
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+    if ! "$EROFSD" --log warn convert -q "oci:$1:l3" "http://127.0.0.1:$port/erofsd/rootfs:conv" >"$OUT/registry-push.log" 2>&1; then
+        kill "$rpid"; wait "$rpid" || true
+        cat "$OUT/registry-push.log" "$scratch/registry.log" >&2
+        echo "erofsd-inputs: pushing to the host registry failed" >&2
+        return 1
+    fi
+    kill "$rpid"; wait "$rpid" || true
+    cp "$(command -v docker-registry)" "$reg/bin/"
+    for lib in $(ldd "$(command -v docker-registry)" | grep -o '/[^ ]*'); do cp -L "$lib" "$reg/bin/"; done
+}
 
 image gen "$GEN" -- --chunk-size 64K --group-size 64K
 manifest "$GEN" "$OUT/gen.manifest"
@@ -91,6 +122,7 @@ printf '\xff\x00\xff\x00' | dd of="$blob" bs=1 seek=$((size / 2)) conv=notrunc s
 if oci="$("$REPO/scripts/make-fixtures.sh" oci 2>"$scratch/oci.log")" && [ -d "$oci/layout" ]; then
     "$EROFSD" --log warn convert -q "oci:$oci/layout:l3" "oci:$OUT/oci-conv:conv" >"$OUT/oci-conv.log"
     manifest "$oci/final/rootfs" "$OUT/oci-conv.manifest"
+    registry_storage "$oci/layout"
 else
     echo "erofsd-inputs: no oci fixture (see $scratch/oci.log); erofsd-mount-oci-ref will fail" >&2
 fi
