@@ -36,9 +36,11 @@ image() { # NAME SRC... [-- build options]
 manifest() { "$KTREE" manifest "$1" --xattrs >"$2"; }
 
 # registry_storage LAYOUT: the oci fixture converted by `erofsd convert` and pushed into a real
-# Debian `docker-registry` started here on loopback, whose storage directory becomes
-# registry/storage/ (erofsd-failover-registry runs the same registry over it inside the guest,
-# so blobs come by HTTP range requests as in production). The registry binary goes along with
+# Debian `docker-registry` started here on loopback, and the bench image's blobs pushed as they
+# are into repository erofsd/bench (what nydus-snapshotter's registry backend reads); the
+# registry's storage directory becomes registry/storage/. Inside the guest the same registry runs
+# over it (erofsd-failover-registry, erofsd-nydusd-failover), so blobs come by HTTP range
+# requests as in production. The registry binary goes along with
 # the dynamic loader and libc it needs (the guest has no /lib).
 registry_storage() {
     local reg="$OUT/registry" port rpid lib
@@ -59,6 +61,16 @@ registry_storage() {
         echo "erofsd-inputs: pushing to the host registry failed" >&2
         return 1
     fi
+    local blob id loc
+    for blob in "$OUT/$BENCH/blobs/"*; do
+        id=$(basename "$blob")
+        loc=$(curl -sf -X POST -D - -o /dev/null "http://127.0.0.1:$port/v2/erofsd/bench/blobs/uploads/" \
+            | sed -n 's/^location: *//Ip' | tr -d '\r')
+        case $loc in /*) loc="http://127.0.0.1:$port$loc" ;; esac
+        case $loc in *\?*) loc="$loc&" ;; *) loc="$loc?" ;; esac
+        curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$blob" \
+            "${loc}digest=sha256:$id" >/dev/null || { kill "$rpid"; echo "erofsd-inputs: pushing blob $id failed" >&2; return 1; }
+    done
     kill "$rpid"; wait "$rpid" || true
     cp "$(command -v docker-registry)" "$reg/bin/"
     for lib in $(ldd "$(command -v docker-registry)" | grep -o '/[^ ]*'); do cp -L "$lib" "$reg/bin/"; done

@@ -111,6 +111,26 @@ failover_storm() {
     ktest-tree verify "$fo_mnt" "$ERO_IN/$fo_img.manifest" --xattrs || fail "tree differs after failover"
 }
 
+# start_registry: Debian's docker-registry on 127.0.0.1:5000 over the storage the host filled
+# (erofsd-inputs.sh: erofsd/rootfs:conv and the bench image's blobs in erofsd/bench); its pid in
+# REGISTRY_PID (the caller's EXIT trap kills it). Brings up the loopback interface first.
+start_registry() {
+    reg_dir=$ERO_IN/registry
+    [ -x "$reg_dir/bin/docker-registry" ] || fail "no registry among the inputs (the host lacked docker-registry or the oci fixture)"
+    ifconfig lo 127.0.0.1 up || fail "cannot bring up the loopback interface"
+    printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:5000\n' \
+        "$reg_dir/storage" >/tmp/registry.yml
+    "$reg_dir/bin/ld-linux-x86-64.so.2" --library-path "$reg_dir/bin" "$reg_dir/bin/docker-registry" serve /tmp/registry.yml \
+        >"$KTEST_OUT/registry.log" 2>&1 &
+    REGISTRY_PID=$!
+    i=0
+    until wget -q -O /dev/null http://127.0.0.1:5000/v2/ 2>/dev/null; do
+        kill -0 $REGISTRY_PID 2>/dev/null || { cat "$KTEST_OUT/registry.log"; fail "docker-registry exited at start"; }
+        i=$((i + 1)); [ $i -lt 300 ] || fail "docker-registry not answering after 30 s"
+        sleep 0.1
+    done
+}
+
 # On any exit (a failed test included) leave no daemon or mount behind for the next test.
 cleanup_daemon() {
     if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then

@@ -8,21 +8,9 @@
 # Needs the cachefiles failover support of Linux 6.8+ (or the 6.1.y/6.6.y backports).
 . /ktest/lib.sh
 . /ktest/erofsd-lib.sh
-R=$ERO_IN/registry
-[ -x "$R/bin/docker-registry" ] || fail "no registry among the inputs (the host lacked docker-registry or the oci fixture)"
-ifconfig lo 127.0.0.1 up || fail "cannot bring up the loopback interface"
-printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:5000\n' \
-    "$R/storage" >/tmp/registry.yml
-"$R/bin/ld-linux-x86-64.so.2" --library-path "$R/bin" "$R/bin/docker-registry" serve /tmp/registry.yml \
-    >"$KTEST_OUT/registry.log" 2>&1 &
-reg=$!
-trap 'kill $reg 2>/dev/null; cleanup_daemon' EXIT
-i=0
-until wget -q -O /dev/null http://127.0.0.1:5000/v2/ 2>/dev/null; do
-    kill -0 $reg 2>/dev/null || { cat "$KTEST_OUT/registry.log"; fail "docker-registry exited at start"; }
-    i=$((i + 1)); [ $i -lt 300 ] || fail "docker-registry not answering after 30 s"
-    sleep 0.1
-done
+REGISTRY_PID=
+trap 'kill $REGISTRY_PID 2>/dev/null; cleanup_daemon' EXIT
+start_registry
 
 start_daemon --supervise
 sup=$DAEMON_PID
