@@ -34,7 +34,7 @@ fn full_tree(test: &str, fixture: &str, min_files: usize) {
     eprintln!("metrics: {m}");
     assert!(d.frontend("events") > 0, "the read went through pre-content events");
     assert_eq!(d.frontend("denied"), 0);
-    assert!(d.blob_sum("groups_fetched") > 0);
+    assert!(d.cache_files_sum("groups_fetched") > 0);
     d.umount(&mnt.0);
 }
 
@@ -73,8 +73,8 @@ fn fanotify_partial_read_fetches_only_touched_groups() {
     let mut buf = vec![0u8; 100];
     f.read_exact_at(&mut buf, off as u64).unwrap();
     assert!(buf == data[off..off + 100], "partial read returned wrong bytes");
-    let groups = d.blob_sum("groups_fetched");
-    let stored = d.blob_sum("stored_bytes");
+    let groups = d.cache_files_sum("groups_fetched");
+    let stored = d.cache_files_sum("stored_bytes");
     eprintln!("partial read: {groups} group(s), {stored} stored bytes fetched; metrics {}", d.metrics());
     assert_eq!(groups, 1, "a 100-byte read inside one 256 KiB group fetched {groups} groups");
     assert!(stored <= 256 * 1024 + 4096, "fetched {stored} stored bytes for one group");
@@ -84,7 +84,7 @@ fn fanotify_partial_read_fetches_only_touched_groups() {
     let mut all = Vec::new();
     std::fs::File::open(mnt.0.join("big")).unwrap().read_to_end(&mut all).unwrap();
     assert!(all == data, "full read differs");
-    assert_eq!(d.blob_sum("groups_fetched"), 64, "each group fetched exactly once");
+    assert_eq!(d.cache_files_sum("groups_fetched"), 64, "each group fetched exactly once");
     assert_eq!(d.frontend("marks_removed"), 1);
     drop(f);
     d.umount(&mnt.0);
@@ -110,7 +110,7 @@ fn fanotify_concurrent_readers_mark_removal_and_restart_keeps_data() {
     for f in &half {
         assert!(std::fs::read(src.join(f)).unwrap() == std::fs::read(mnt.0.join(f)).unwrap(), "{}", f.display());
     }
-    let fetched1 = d.blob_sum("groups_fetched");
+    let fetched1 = d.cache_files_sum("groups_fetched");
     assert!(fetched1 > 0);
     d.restart(); // SIGTERM unmounts; the new daemon finds the filled groups in the cache file
     assert!(!fanotify_harness_is_mounted(&mnt.0), "shutdown unmounted");
@@ -119,7 +119,7 @@ fn fanotify_concurrent_readers_mark_removal_and_restart_keeps_data() {
     for f in &half {
         assert!(std::fs::read(src.join(f)).unwrap() == std::fs::read(mnt.0.join(f)).unwrap(), "{}", f.display());
     }
-    assert_eq!(d.blob_sum("groups_fetched"), 0, "files read before the restart were fetched again");
+    assert_eq!(d.cache_files_sum("groups_fetched"), 0, "files read before the restart were fetched again");
     assert!(d.frontend("fast_allowed") > 0, "warm groups answered on the fast path");
 
     // Phase 2: 16 concurrent readers over the whole tree, every byte compared.
@@ -158,7 +158,7 @@ fn fanotify_concurrent_readers_mark_removal_and_restart_keeps_data() {
     drop_caches();
     d.mount(&img, &mnt.0);
     assert_trees_equal(&src, &mnt.0, &Options::default());
-    assert_eq!(d.blob_sum("groups_fetched"), 0);
+    assert_eq!(d.cache_files_sum("groups_fetched"), 0);
     assert_eq!(d.frontend("events"), 0);
     d.umount(&mnt.0);
     let _ = Path::new("");

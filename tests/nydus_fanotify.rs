@@ -71,7 +71,7 @@ fn serve_fixture(test: &str, name: &str) {
     assert!(r.regular_files >= 20 && r.entries >= 45, "only {} entries / {} files compared", r.entries, r.regular_files);
     assert!(d.frontend("events") > 0, "the reads went through pre-content events");
     assert_eq!(d.frontend("denied"), 0);
-    assert!(d.blob_sum("groups_fetched") > 0);
+    assert!(d.cache_files_sum("groups_fetched") > 0);
     d.umount(&mnt.0);
 }
 
@@ -112,8 +112,8 @@ fn nydus_partial_read_fetches_only_the_touched_chunk() {
     let mut buf = vec![0u8; 100];
     f.read_exact_at(&mut buf, off as u64).unwrap();
     assert!(buf == want[off..off + 100], "partial read returned wrong bytes");
-    let chunks = d.blob_sum("groups_fetched");
-    let stored = d.blob_sum("stored_bytes");
+    let chunks = d.cache_files_sum("groups_fetched");
+    let stored = d.cache_files_sum("stored_bytes");
     eprintln!("partial read: {chunks} chunk(s), {stored} stored bytes; metrics {}", d.metrics());
     assert_eq!(chunks, 1, "a 100-byte read inside one chunk decoded {chunks} chunks");
     assert!(stored <= (1 << 20) + 4096, "fetched {stored} stored bytes for one 1 MiB chunk");
@@ -122,7 +122,7 @@ fn nydus_partial_read_fetches_only_the_touched_chunk() {
     eprintln!("after the whole file: {}", d.metrics());
     // The file's three chunks at least; a sequential read also starts read-ahead of the chunks
     // after it (src/core/readahead.rs), so the upper bound is the read-ahead policy's, not ours.
-    let n = d.blob_sum("groups_fetched");
+    let n = d.cache_files_sum("groups_fetched");
     assert!(n >= 3, "{n} chunks decoded for a three-chunk file");
     assert_eq!(d.blobs_sum("errors"), 0);
     drop(f);

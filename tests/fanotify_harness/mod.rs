@@ -156,8 +156,9 @@ impl Daemon {
         .unwrap_or_else(|e| panic!("daemon info: {e:#}\nlog:\n{}", self.log_text()))
     }
 
-    /// Sum of a per-cache-file counter over all blobs.
-    pub fn blob_sum(&self, key: &str) -> u64 {
+    /// Sum of a front-end counter over the cache files (`frontend.cache_files` in the metrics:
+    /// groups_fetched, groups_ready, …), one per blob.
+    pub fn cache_files_sum(&self, key: &str) -> u64 {
         let m = self.metrics();
         m["frontend"]["cache_files"].as_object().map(|o| o.values().map(|v| v[key].as_u64().unwrap_or(0)).sum()).unwrap_or(0)
     }
