@@ -31,7 +31,7 @@ restart_daemon() {
 wait_api() {
     i=0
     until erofsd status --api-socket "$ERO_SOCK" >/dev/null 2>&1; do
-        kill -0 "$DAEMON_PID" 2>/dev/null || { tail -n 20 "$ERO_LOG"; fail "erofsd daemon exited at start"; }
+        alive "$DAEMON_PID" || { tail -n 20 "$ERO_LOG"; fail "erofsd daemon exited at start"; }
         i=$((i + 1)); [ $i -lt 300 ] || { tail -n 20 "$ERO_LOG"; fail "erofsd daemon not answering after 30 s"; }
         sleep 0.1
     done
@@ -125,7 +125,7 @@ start_registry() {
     REGISTRY_PID=$!
     i=0
     until wget -q -O /dev/null http://127.0.0.1:5000/v2/ 2>/dev/null; do
-        kill -0 $REGISTRY_PID 2>/dev/null || { cat "$KTEST_OUT/registry.log"; fail "docker-registry exited at start"; }
+        alive $REGISTRY_PID || { cat "$KTEST_OUT/registry.log"; fail "docker-registry exited at start"; }
         i=$((i + 1)); [ $i -lt 300 ] || fail "docker-registry not answering after 30 s"
         sleep 0.1
     done
@@ -133,10 +133,10 @@ start_registry() {
 
 # On any exit (a failed test included) leave no daemon or mount behind for the next test.
 cleanup_daemon() {
-    if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+    if [ -n "$DAEMON_PID" ] && alive "$DAEMON_PID"; then
         kill -TERM "$DAEMON_PID" 2>/dev/null
         i=0
-        while kill -0 "$DAEMON_PID" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        while alive "$DAEMON_PID" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
         kill -KILL "$DAEMON_PID" 2>/dev/null || true
     fi
     for m in $(grep " erofs " /proc/mounts | cut -d' ' -f2 | grep '^/mnt/'); do umount -l "$m" 2>/dev/null || true; done

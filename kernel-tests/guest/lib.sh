@@ -19,3 +19,18 @@ verify_tree() {
     [ "$(readlink "$dir/link-to-small")" = "small.txt" ] || fail "symlink target wrong"
     echo "verified $(wc -l <"$KTEST_IN/manifest.sha256") files byte-exact, $(wc -l </tmp/paths.guest) paths under $dir"
 }
+
+# alive PID: running, not a zombie. (`kill -0` succeeds on a zombie, and PID 1 here reaps no
+# orphans, so a dead daemon whose parent died stays a zombie for the rest of the boot.)
+alive() { [ -r "/proc/$1/stat" ] && ! grep -q ') Z ' "/proc/$1/stat" 2>/dev/null; }
+
+# wait_for_line FILE PATTERN SECS: until FILE has a line matching PATTERN (grep BRE), at most
+# SECS seconds. For lines another process writes after an event the test has already seen
+# (a new supervisor says it adopted the daemon after the daemon already names it as holder).
+wait_for_line() {
+    wl_i=0
+    until grep -q "$2" "$1" 2>/dev/null; do
+        wl_i=$((wl_i + 1)); [ $wl_i -lt $(($3 * 10)) ] || return 1
+        sleep 0.1
+    done
+}

@@ -15,7 +15,7 @@ pid=$!
 trap 'umount "$MNT" 2>/dev/null; kill -KILL $pid 2>/dev/null' EXIT
 i=0
 while [ ! -e /tmp/daemon.ready ]; do
-    kill -0 $pid 2>/dev/null || fail "daemon exited before binding"
+    alive $pid || fail "daemon exited before binding"
     i=$((i + 1)); [ $i -lt 100 ] || fail "daemon not ready after 10 s"
     sleep 0.1
 done

@@ -13,8 +13,6 @@ mkdir -p /mnt/fos
 ero mount "$ERO_IN/$img" /mnt/fos --fsid fosup1 || fail "mount failed"
 
 holder() { erofsd status --api-socket "$ERO_SOCK" | sed -n 's/^  "holder_pid": \([0-9]*\),\{0,1\}$/\1/p'; }
-# alive PID: running, not a zombie (PID 1 here does not reap orphans).
-alive() { [ -r "/proc/$1/stat" ] && ! grep -q ') Z ' "/proc/$1/stat"; }
 [ "$(holder)" = "$sup" ] || fail "the daemon does not name its supervisor $sup as holder"
 
 kill -KILL "$sup"
@@ -26,10 +24,14 @@ while :; do
     i=$((i + 1)); [ $i -lt 100 ] || fail "no new supervisor 10 s after the kill"
     sleep 0.1
 done
-alive "$sup2" || fail "new supervisor $sup2 is not running"
-DAEMON_PID=$sup2 # for cleanup_daemon on failure (SIGTERM works on a non-child)
 echo "supervisor $sup killed; daemon $w1 started supervisor $sup2"
-grep -q "guarding the running daemon (pid $w1)" "$ERO_LOG" || fail "the new supervisor did not adopt $w1"
+# The daemon names the new supervisor as soon as it has started it; the supervisor says it
+# adopted the daemon once it runs. Until then a SIGTERM (cleanup_daemon on a failure here)
+# kills it before it blocks signals, and the daemon starts yet another one.
+wait_for_line "$ERO_LOG" "guarding the running daemon (pid $w1)" 20 || fail "the new supervisor did not adopt $w1 within 20 s"
+alive "$sup2" || fail "new supervisor $sup2 is not running"
+[ "$(holder)" = "$sup2" ] || fail "the daemon now names $(holder) as holder, not the supervisor $sup2 it started"
+DAEMON_PID=$sup2 # for cleanup_daemon on failure (SIGTERM works on a non-child)
 
 failover_storm /mnt/fos "$img" "$sup2" "$w1"
 w2=$FO_NEW

@@ -12,7 +12,7 @@ w1=$(children_of "$sup" | head -n 1); [ -n "$w1" ] || fail "no daemon child unde
 echo "supervisor $sup, daemon $w1"
 mkdir -p /mnt/fo
 ero mount "$ERO_IN/$img" /mnt/fo --fsid failover1 || fail "mount failed"
-grep -q "holding cachefiles" "$ERO_LOG" || fail "the supervisor does not hold the device fd"
+wait_for_line "$ERO_LOG" "holding cachefiles" 10 || fail "the supervisor does not hold the device fd"
 
 failover_storm /mnt/fo "$img" "$sup" "$w1"
 ero umount /mnt/fo || fail "umount of the recovered mount failed"

@@ -19,7 +19,7 @@ ero mount /data/mb-gone /mnt/mb-gone --fsid mb-gone || fail "mount of the copy f
 for b in /data/mb-gone/blobs/*; do : >"$b"; done
 ktest-tree expect-eio /mnt/mb-gone/data.bin "$ERO_IN/one-data.bin" || fail "reading data of a vanished blob did not give EIO"
 [ "$(metric reads_failed)" -gt 0 ] || fail "no failed READ counted"
-kill -0 "$DAEMON_PID" || fail "daemon died"
+alive "$DAEMON_PID" || fail "daemon died"
 
 # The daemon still serves other images.
 ero mount "$ERO_IN/gen" /mnt/mb-ok --fsid mb-ok || fail "mount of a good image failed after the errors"

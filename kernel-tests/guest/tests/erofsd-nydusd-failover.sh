@@ -50,7 +50,7 @@ drop_caches
 ktest-tree readers /mnt/nyfo "$ERO_IN/$img.manifest" --threads 8 >"$KTEST_OUT/readers.txt" 2>&1 &
 rd=$!
 sleep 2
-kill -0 $rd 2>/dev/null || fail "the readers finished before the kill: nothing was in flight"
+alive $rd || fail "the readers finished before the kill: nothing was in flight"
 kill -KILL "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true
 echo "killed nydusd $DAEMON_PID"
 start_nydusd
