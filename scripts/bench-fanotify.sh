@@ -6,7 +6,10 @@
 #
 # Env: EROFSD (binary, default target/release/erofsd), BENCH_DIR (scratch, default
 # /var/cache/erofsd-test/scratch/bench-fanotify; must be ext4/xfs/btrfs), RANDOM_READS (4000),
-# REPS (3), WARM_REPS (7), BUILD_ARGS (extra `erofsd build` flags, e.g. "--group-size 64K").
+# REPS (3), WARM_REPS (7), BUILD_ARGS (extra `erofsd build` flags, e.g. "--group-size 64K"),
+# ONLY (space-separated rows to run, e.g. "seq_cold rand_cold" for an A/B of the cold rows;
+# default all: seq_cold seq_warm rand_cold rand_warm meta_cold meta_warm seq_cachewarm).
+# Every pair of runs is logged on stderr as it finishes.
 # Columns: the fastest run of each side, their ratio, and the median of the per-iteration
 # ratios (native and fanotify run back to back each iteration).
 # Needs root and a 6.14+ kernel. Each cell is the fastest of REPS runs, native and
@@ -155,17 +158,22 @@ both() { # NAME FUNC MODE-NATIVE MODE-FAN
         run_native "$1" "$2" "$3"; tn=$LAST
         run_fan "$1" "$2" "$4"
         P[$1]+=" $(echo "$LAST / $tn" | bc -l)"
+        log "  $1 run $((i + 1))/$n: native $tn s, fanotify $LAST s"
     done
 }
+only=${ONLY:-seq_cold seq_warm rand_cold rand_warm meta_cold meta_warm seq_cachewarm}
+wanted() { [[ " $only " == *" $1 "* ]]; }
 
-log "cold sequential read";   both seq_cold seqread cold cold
-log "warm sequential read";   both seq_warm seqread warm warm
-log "cold 4K random read";    both rand_cold randread cold cold
-log "warm 4K random read";    both rand_warm randread warm warm
-log "cold metadata walk";     both meta_cold metawalk cold cold
-log "warm metadata walk";     both meta_warm metawalk warm warm
-log "page-cold read, all data already in the cache files (mark removed)"
-both seq_cachewarm seqread cold cachewarm
+wanted seq_cold && { log "cold sequential read"; both seq_cold seqread cold cold; }
+wanted seq_warm && { log "warm sequential read"; both seq_warm seqread warm warm; }
+wanted rand_cold && { log "cold 4K random read"; both rand_cold randread cold cold; }
+wanted rand_warm && { log "warm 4K random read"; both rand_warm randread warm warm; }
+wanted meta_cold && { log "cold metadata walk"; both meta_cold metawalk cold cold; }
+wanted meta_warm && { log "warm metadata walk"; both meta_warm metawalk warm warm; }
+wanted seq_cachewarm && {
+    log "page-cold read, all data already in the cache files (mark removed)"
+    both seq_cachewarm seqread cold cachewarm
+}
 stop_daemon
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -175,6 +183,7 @@ for k in seq_cold:"cold sequential read (all files)" seq_warm:"warm sequential r
          meta_cold:"cold metadata walk (find + stat)" meta_warm:"warm metadata walk" \
          seq_cachewarm:"page-cold read, data in cache (no mark)"; do
     n=${k%%:*}; label=${k#*:}
+    wanted "$n" || continue
     printf '%-58s %10.3f %10.3f %7.2fx %7.2fx\n' "$label" "${R[native,$n]}" "${R[fan,$n]}" \
         "$(echo "${R[fan,$n]} / ${R[native,$n]}" | bc -l)" "$(median <<<"${P[$n]}")"
 done
