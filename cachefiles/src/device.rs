@@ -144,19 +144,10 @@ impl fmt::Display for DeviceError {
     }
 }
 
-impl std::error::Error for DeviceError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            DeviceError::Open { source, .. }
-            | DeviceError::Command { source, .. }
-            | DeviceError::Read(source)
-            | DeviceError::AnonFd { source, .. } => Some(source),
-            DeviceError::InvalidCommand(e) => Some(e),
-            DeviceError::Malformed { error, .. } => Some(error),
-            DeviceError::ShortWrite { .. } => None,
-        }
-    }
-}
+/// No `source()`: every variant's Display already prints its cause (followed by a hint), and
+/// a source would print it a second time in an error chain (`{:#}`). Use
+/// [`DeviceError::errno`] to inspect the kernel's answer.
+impl std::error::Error for DeviceError {}
 
 impl From<CommandError> for DeviceError {
     fn from(e: CommandError) -> Self {
@@ -401,6 +392,20 @@ mod tests {
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         set_nonblock(&ours);
         (Device::from(ours), theirs)
+    }
+
+    #[test]
+    fn open_error_names_the_cause_once_with_its_hint() {
+        let e = DeviceError::Open {
+            path: DEVICE_PATH.into(),
+            source: io::Error::from_raw_os_error(libc::EBUSY),
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("cannot open /dev/cachefiles: "), "{text}");
+        assert!(text.ends_with("(held by another daemon, e.g. cachefilesd: one daemon per host)"), "{text}");
+        assert_eq!(e.errno(), Some(libc::EBUSY));
+        // The cause is in the text: an error chain must not print it a second time.
+        assert!(std::error::Error::source(&e).is_none());
     }
 
     fn set_nonblock(fd: &OwnedFd) {

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use cachefiles::{Command, Device};
+use cachefiles::{Command, Device, DEVICE_PATH};
 use tracing::{info, warn};
 
 use super::{Frontend, MountInfo, MountRequest};
@@ -104,7 +104,16 @@ pub fn start_cachefiles_with(config: &Config, filler: Filler, loader: Option<Ima
                 (Device::from(fd), true)
             }
             None => {
-                let dev = Device::open().context("opening /dev/cachefiles")?;
+                let dev = Device::open().map_err(|e| {
+                    // EBUSY: say who holds it (a stray daemon, cachefilesd), as `erofsd doctor` does.
+                    let holders = if e.errno() == Some(libc::EBUSY) { probe::holders_of(Path::new(DEVICE_PATH)) } else { Vec::new() };
+                    let who: Vec<String> = holders.iter().map(|(pid, comm)| format!("pid {pid} ({comm})")).collect();
+                    if who.is_empty() {
+                        anyhow::anyhow!("{e}")
+                    } else {
+                        anyhow::anyhow!("{e}; it is open in {}", who.join(", "))
+                    }
+                })?;
                 dev.send(&Command::dir(&dir)).context("cachefiles `dir`")?;
                 dev.send(&Command::Tag(CACHE_TAG.into())).context("cachefiles `tag`")?;
                 dev.send(&Command::BindOndemand).context("cachefiles `bind ondemand`")?;
