@@ -5,6 +5,7 @@
 //! * `--compress none`: the stored blobs are the address space; they are mounted directly.
 //! * zstd: `erofsd check --write-raw` verifies every group and writes each blob's address
 //!   space, which is then mounted.
+//!
 //! fsck.erofs (erofs-utils 1.5) must accept every bootstrap too.
 
 mod common;

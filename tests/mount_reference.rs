@@ -175,7 +175,7 @@ fn registry_faults_give_eio_never_wrong_bytes_and_other_images_keep_serving() {
         assert_eq!(got, Err(libc::EIO), "{what}: reading {} must fail with EIO", f.display());
         assert!(took < Duration::from_secs(60), "{what}: the error took {took:?} (retries must be bounded)");
         let tries = front.count() - before;
-        assert!(tries >= 1 && tries <= 64, "{what}: {tries} requests");
+        assert!((1..=64).contains(&tries), "{what}: {tries} requests");
         // The local image is unaffected.
         assert!(std::fs::read(local_mnt.0.join("data")).unwrap() == local_data, "{what}: local image");
         local_reads += 1;

@@ -278,7 +278,7 @@ impl GroupMap {
         if !(MIN_GROUP_SIZE_LOG2..=MAX_GROUP_SIZE_LOG2).contains(&rec.group_size_log2) {
             return Err(BlobError::BadTable(format!("group size log2 {} out of range", rec.group_size_log2)));
         }
-        if rec.uncompressed_size % 4096 != 0 {
+        if !rec.uncompressed_size.is_multiple_of(4096) {
             return Err(BlobError::BadTable(format!("uncompressed size {} not 4 KiB aligned", rec.uncompressed_size)));
         }
         let gs = 1u64 << rec.group_size_log2;

@@ -95,7 +95,7 @@ pub fn validate_record(b: &BlobRecord, what: &str) -> std::result::Result<(), St
     if !(MIN_GROUP_SIZE_LOG2..=MAX_GROUP_SIZE_LOG2).contains(&b.group_size_log2) {
         return Err(format!("{what}: group_size_log2 {} out of range", b.group_size_log2));
     }
-    if b.uncompressed_size % BLOCK_SIZE != 0 {
+    if !b.uncompressed_size.is_multiple_of(BLOCK_SIZE) {
         return Err(format!("{what}: uncompressed_size {} not a multiple of 4096", b.uncompressed_size));
     }
     if b.uncompressed_size / BLOCK_SIZE > u32::MAX as u64 {
@@ -230,7 +230,7 @@ pub fn decode_table(image: &[u8], h: &ExtHeader, extra_devices: u16) -> Result<V
         }
         let gt_off = le64(r, 56);
         let gt_len = group_count * GROUP_ENTRY_SIZE as u64;
-        if gt_off % 8 != 0 || gt_off < start + rec_bytes || gt_off.checked_add(gt_len).map_or(true, |e| e > end) {
+        if !gt_off.is_multiple_of(8) || gt_off < start + rec_bytes || gt_off.checked_add(gt_len).is_none_or(|e| e > end) {
             return Err(corrupt!("{what}: group table at {gt_off} (+{gt_len}) outside the blob table"));
         }
         group_bytes += gt_len;

@@ -163,8 +163,8 @@ fn dump_erofs_agrees_with_reader() {
                 .filter_map(|l| {
                     let mut it = l.trim_start().splitn(3, |c: char| c.is_whitespace());
                     let nid = it.next()?.parse().ok()?;
-                    let rest = l.trim_start().splitn(2, char::is_whitespace).nth(1)?.trim_start();
-                    let name = rest.splitn(2, char::is_whitespace).nth(1)?.trim_start();
+                    let rest = l.trim_start().split_once(char::is_whitespace)?.1.trim_start();
+                    let name = rest.split_once(char::is_whitespace)?.1.trim_start();
                     Some((nid, name.as_bytes().to_vec()))
                 })
                 .collect();

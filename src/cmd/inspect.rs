@@ -237,9 +237,9 @@ fn print_text<T: AsRef<[u8]>>(img: &Image<T>, path: &Path, tree: bool, out: &mut
         }
         Ok(())
     })
-    .or_else(|e| match io_err.take() {
-        Some(err) => Err(anyhow::Error::from(err)),
-        None => Err(e.into()),
+    .map_err(|e| match io_err.take() {
+        Some(err) => anyhow::Error::from(err),
+        None => e.into(),
     })?;
     Ok(())
 }

@@ -121,7 +121,7 @@ mod tests {
     fn scan_counts_only_whole_allocated_groups() {
         // Needs a filesystem with SEEK_DATA granularity of a block; the work disk (ext4) and tmpfs both do.
         let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-        let f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(dir.path().join("c")).unwrap();
+        let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("c")).unwrap();
         let gs = 64 * 1024u64;
         let size = 10 * gs;
         f.set_len(size).unwrap();

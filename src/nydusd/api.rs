@@ -215,7 +215,7 @@ async fn delete_blobs(daemon: &NydusDaemon, q: &[(String, String)]) -> Resp {
 /// uses the base names (which blob ids are in use); cachefiles' own object paths are hashed.
 fn blobcache_metrics(daemon: &NydusDaemon, id: Option<&str>) -> serde_json::Value {
     let id = id.map(|i| i.trim_start_matches('/'));
-    let binds: Vec<_> = daemon.binds().into_iter().filter(|b| id.map_or(true, |i| b.fsid == i)).collect();
+    let binds: Vec<_> = daemon.binds().into_iter().filter(|b| id.is_none_or(|i| b.fsid == i)).collect();
     let binds = if binds.is_empty() { daemon.binds() } else { binds };
     let mut files = std::collections::BTreeSet::new();
     let mut total = 0u64;

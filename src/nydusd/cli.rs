@@ -27,6 +27,8 @@ pub struct Singleton {
     pub ignored: Vec<String>,
 }
 
+// Parsed once per process: the size of the `Singleton` variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Invocation {
     Version,

@@ -315,7 +315,7 @@ impl NydusDaemon {
         let _op = self.ops.lock().await;
         let gone: Vec<Bind> = {
             let binds = self.binds.lock().expect("binds");
-            binds.values().filter(|b| b.domain_id == domain_id && fsid.map_or(true, |f| b.fsid == f)).cloned().collect()
+            binds.values().filter(|b| b.domain_id == domain_id && fsid.is_none_or(|f| b.fsid == f)).cloned().collect()
         };
         if gone.is_empty() {
             bail!("{NOT_FOUND}: {domain_id}/{}", fsid.unwrap_or("*"));
@@ -523,10 +523,12 @@ fn run(opts: Singleton) -> Result<()> {
         warn!("--fscache-tag ignored: the cache tag is {}", cachefiles::CACHE_TAG);
     }
     let api_only = std::env::var_os(API_ONLY_ENV).is_some_and(|v| v == "1");
-    let mut config = Config::default();
-    config.frontend = crate::frontend::FrontendKind::Cachefiles;
-    config.cache_dir = opts.fscache.clone();
-    config.api_socket = opts.apisock.clone();
+    let config = Config {
+        frontend: crate::frontend::FrontendKind::Cachefiles,
+        cache_dir: opts.fscache.clone(),
+        api_socket: opts.apisock.clone(),
+        ..Config::default()
+    };
     // The cache-directory lock; a hot-upgrade successor runs beside its predecessor (which
     // holds the lock until `exit`), so it goes without.
     let _cache_lock = if api_only || opts.upgrade { None } else { Some(crate::cache::open_for_daemon(&config.cache_dir)?) };

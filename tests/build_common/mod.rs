@@ -132,6 +132,8 @@ pub fn list_all(dir: &Path) -> Vec<String> {
     out
 }
 
+// The same file as `common::data`: test crates that load both modules get two copies of it.
+#[allow(clippy::duplicate_mod)]
 #[path = "../common/data.rs"]
 mod data;
 pub use data::noise;

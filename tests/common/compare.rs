@@ -357,14 +357,14 @@ impl Walk<'_> {
             match c {
                 std::cmp::Ordering::Less => {
                     let r = rel.join(&na[i]);
-                    if !self.o.exclude.iter().any(|e| *e == r) {
+                    if !self.o.exclude.contains(&r) {
                         self.d(format!("{}: missing", show(&r)));
                     }
                     i += 1;
                 }
                 std::cmp::Ordering::Greater => {
                     let r = rel.join(&nb[j]);
-                    if !self.o.exclude.iter().any(|e| *e == r) {
+                    if !self.o.exclude.contains(&r) {
                         self.d(format!("{}: unexpected extra entry", show(&r)));
                     }
                     j += 1;

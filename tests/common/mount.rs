@@ -20,16 +20,16 @@ impl Mount {
     /// up a loop device and then refuse regular files as `device=`). `devices` in device-id order.
     pub fn erofs(boot: &Path, devices: &[PathBuf]) -> Result<Mount, String> {
         let data = devices.iter().map(|d| format!("device={}", d.display())).collect::<Vec<_>>().join(",");
-        Self::mount(boot, "erofs", &data)
+        Self::mount_fs(boot, "erofs", &data)
     }
 
     /// Read-only overlayfs of `lowers`, topmost first (no upperdir: the stack cannot change).
     pub fn overlay(lowers: &[&Path]) -> Result<Mount, String> {
         let lower = lowers.iter().map(|l| l.display().to_string()).collect::<Vec<_>>().join(":");
-        Self::mount(Path::new("overlay"), "overlay", &format!("lowerdir={lower}"))
+        Self::mount_fs(Path::new("overlay"), "overlay", &format!("lowerdir={lower}"))
     }
 
-    fn mount(source: &Path, fstype: &str, data: &str) -> Result<Mount, String> {
+    fn mount_fs(source: &Path, fstype: &str, data: &str) -> Result<Mount, String> {
         let dir = tempfile::Builder::new().prefix("erofsd-mnt-").tempdir().map_err(|e| e.to_string())?;
         let target = dir.path().to_path_buf();
         mount(Some(source), &target, Some(fstype), MsFlags::MS_RDONLY, Some(data))

@@ -32,7 +32,7 @@ pub fn diff(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     for (p, v) in after {
         match before.get(p) {
             None => d.push(format!("created {}", p.display())),
-            Some(b) if b != v && !(v.0 & 0o170000 == 0o040000) => d.push(format!("changed {}", p.display())),
+            Some(b) if b != v && (v.0 & 0o170000 != 0o040000) => d.push(format!("changed {}", p.display())),
             _ => {}
         }
     }

@@ -266,7 +266,7 @@ impl Server {
     /// The anon fd writes with O_DIRECT: 4 KiB-aligned buffer, offset and length, zero tail.
     fn serve_read(&mut self, msg_id: u32, obj_id: u32, off: u64, len: u64) -> Result<(), String> {
         let obj = self.objects.get(&obj_id).ok_or("unknown object")?;
-        if off % PAGE != 0 {
+        if !off.is_multiple_of(PAGE) {
             return Err("offset not 4 KiB aligned".into());
         }
         // Bound the allocation: never trust len beyond the object plus one page of padding.

@@ -52,7 +52,7 @@ fn try_bind(dev: Device, base: &Path) -> Result<(), String> {
 /// True if `dir` is on a filesystem cachefiles refuses (tmpfs, ramfs).
 pub fn on_tmpfs(dir: &Path) -> bool {
     nix::sys::statfs::statfs(dir)
-        .map(|st| matches!(st.filesystem_type().0 as i64, 0x0102_1994 | 0x8584_58f6))
+        .map(|st| matches!(st.filesystem_type().0, 0x0102_1994 | 0x8584_58f6))
         .unwrap_or(false)
 }
 

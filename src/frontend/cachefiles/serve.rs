@@ -209,7 +209,7 @@ fn write_bootstrap(image: &Image, fd: BorrowedFd<'_>, off: u64, len: u64) -> io:
     if off >= end {
         return Ok(0);
     }
-    if off % PAGE as u64 != 0 {
+    if !off.is_multiple_of(PAGE as u64) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unaligned bootstrap READ at {off}")));
     }
     let n = (end - off) as usize;

@@ -47,7 +47,7 @@ pub(super) fn command(peer: &OwnedFd) -> String {
 
 /// A file standing in for an anon fd: its raw number is handed over like the kernel does.
 pub(super) fn anon_file(dir: &std::path::Path, name: &str) -> (std::fs::File, u32) {
-    let f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(dir.join(name)).unwrap();
+    let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.join(name)).unwrap();
     let raw = f.try_clone().unwrap().into_raw_fd();
     // The kernel installs anon fds without FD_CLOEXEC; the device layer sets it.
     unsafe { libc::fcntl(raw, libc::F_SETFD, 0) };

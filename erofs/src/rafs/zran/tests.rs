@@ -161,9 +161,12 @@ fn hostile_zran_tables_are_refused() {
     }
 }
 
+/// A corruption applied to a copy of a good image.
+type Corrupt = Box<dyn Fn(&mut Vec<u8>)>;
+
 #[test]
 fn hostile_zran_blob_entries_are_refused() {
-    let cases: Vec<(&str, bool, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    let cases: Vec<(&str, bool, Corrupt)> = vec![
         ("zran without separate meta", true, Box::new(|e| e[84] &= !(FEATURE_SEPARATE as u8))),
         ("separate meta without zran", true, Box::new(|e| e[84] &= !(FEATURE_ZRAN as u8))),
         ("zran with zstd chunks", false, Box::new(|e| e[76] = 3)),
@@ -258,7 +261,7 @@ fn chunk_table_digests_verify_zran_chunks() {
     }
     // Hostile chunk tables.
     let (off, size) = (u64_at(&boot, 1176) as usize, u64_at(&boot, 1184) as usize);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    let cases: Vec<(&str, Corrupt)> = vec![
         ("CI index out of range", Box::new(move |b| b[off + 72..off + 76].copy_from_slice(&38u32.to_le_bytes()))),
         ("size differs from the blob meta", Box::new(move |b| b[off + 44] ^= 1)),
         ("offset differs from the blob meta", Box::new(move |b| b[off + 57] ^= 1)),
