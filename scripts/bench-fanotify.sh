@@ -161,8 +161,7 @@ both() { # NAME FUNC MODE-NATIVE MODE-FAN
         log "  $1 run $((i + 1))/$n: native $tn s, fanotify $LAST s"
     done
 }
-only=${ONLY:-seq_cold seq_warm rand_cold rand_warm meta_cold meta_warm seq_cachewarm}
-wanted() { [[ " $only " == *" $1 "* ]]; }
+wanted() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
 
 wanted seq_cold && { log "cold sequential read"; both seq_cold seqread cold cold; }
 wanted seq_warm && { log "warm sequential read"; both seq_warm seqread warm warm; }

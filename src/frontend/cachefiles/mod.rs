@@ -107,11 +107,10 @@ pub fn start_cachefiles_with(config: &Config, filler: Filler, loader: Option<Ima
                 let dev = Device::open().map_err(|e| {
                     // EBUSY: say who holds it (a stray daemon, cachefilesd), as `erofsd doctor` does.
                     let holders = if e.errno() == Some(libc::EBUSY) { probe::holders_of(Path::new(DEVICE_PATH)) } else { Vec::new() };
-                    let who: Vec<String> = holders.iter().map(|(pid, comm)| format!("pid {pid} ({comm})")).collect();
-                    if who.is_empty() {
+                    if holders.is_empty() {
                         anyhow::anyhow!("{e}")
                     } else {
-                        anyhow::anyhow!("{e}; it is open in {}", who.join(", "))
+                        anyhow::anyhow!("{e}; it is open in {}", probe::describe_holders(&holders))
                     }
                 })?;
                 dev.send(&Command::dir(&dir)).context("cachefiles `dir`")?;

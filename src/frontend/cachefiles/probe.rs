@@ -12,6 +12,11 @@ use cachefiles::{Command, Device, DEVICE_PATH};
 use crate::frontend::kernel::{config_option, erofs_registered, kernel_config, ConfigState};
 use crate::frontend::Support;
 
+/// `pid 74 (erofsd), pid 80 (cachefilesd)`: holders as [`holders_of`] lists them, for messages.
+pub fn describe_holders(holders: &[(u32, String)]) -> String {
+    holders.iter().map(|(pid, comm)| format!("pid {pid} ({comm})")).collect::<Vec<_>>().join(", ")
+}
+
 /// Processes holding `path` open (pid, command name), found through /proc/*/fd.
 pub fn holders_of(path: &Path) -> Vec<(u32, String)> {
     let mut out = Vec::new();
@@ -95,7 +100,7 @@ pub fn probe_in(cache_dir: &Path) -> Support {
                 let who = if holders.is_empty() {
                     "another process".to_string()
                 } else {
-                    holders.iter().map(|(p, c)| format!("pid {p} ({c})")).collect::<Vec<_>>().join(", ")
+                    describe_holders(&holders)
                 };
                 let ours = holders.iter().any(|(_, c)| c.starts_with("erofsd"));
                 details.push(format!(
