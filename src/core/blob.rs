@@ -12,6 +12,10 @@ use super::aligned::AlignedBuf;
 use super::source::SharedSource;
 use super::zran::ZranDecoder;
 
+/// Stored-byte buffers up to this size are kept per fill thread and reused (a read-ahead
+/// piece stores at most 2 MiB); larger spans get their own, freed after use.
+const KEPT_STORED_BUF: u64 = 8 << 20;
+
 /// Why a fill failed. Every variant ends as EIO for the reader; the text goes to the log.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -133,7 +137,8 @@ impl Blob {
         let stored_range = self.map.span(first, last);
         let (start, len) = (stored_range.start, stored_range.end - stored_range.start);
         let stored = self.source.read_range(&self.id, start, len).await;
-        let stored = self.received(first, last, start, len, stored)?;
+        let stored = stored.map_err(|e| self.source_failed(first, last, start, len, e))?;
+        self.received(stored.len() as u64);
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.decode_run(first, last, &*wanted, start, &stored))
             .await
@@ -154,23 +159,35 @@ impl Blob {
             return Some(self.decode_run(first, last, wanted, stored_range.start, &[]));
         }
         let (start, len) = (stored_range.start, stored_range.end - stored_range.start);
-        let stored = self.source.read_range_blocking(&self.id, start, len)?;
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        Some(self.received(first, last, start, len, stored).and_then(|s| self.decode_run(first, last, wanted, start, &s)))
+        // The stored bytes go into this thread's reusable buffer: a fresh one per span would
+        // be zeroed (or faulted in) only to be overwritten, a second pass over every byte.
+        thread_local! {
+            static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        STORED.with(|cell| {
+            let mut kept = cell.borrow_mut();
+            let mut one_off = Vec::new();
+            // A rare huge span (a prefetch list's run) gets its own buffer, freed after it.
+            let buf = if len <= KEPT_STORED_BUF { &mut *kept } else { &mut one_off };
+            let read = self.source.read_range_blocking(&self.id, start, len, buf)?;
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = read {
+                return Some(Err(self.source_failed(first, last, start, len, e)));
+            }
+            self.received(len);
+            Some(self.decode_run(first, last, wanted, start, &buf[..len as usize]))
+        })
     }
 
-    /// Counts what a source returned for groups `first..=last`, or turns its error into ours.
-    fn received(&self, first: u32, last: u32, start: u64, len: u64, stored: io::Result<Vec<u8>>) -> Result<Vec<u8>, FetchError> {
-        match stored {
-            Ok(stored) => {
-                self.stats.stored_bytes.fetch_add(stored.len() as u64, Ordering::Relaxed);
-                Ok(stored)
-            }
-            Err(source) => {
-                self.stats.errors.fetch_add((last - first + 1) as u64, Ordering::Relaxed);
-                Err(FetchError::Source { blob: self.id.clone(), start, end: start + len, source })
-            }
-        }
+    /// Counts `n` stored bytes received from the source.
+    fn received(&self, n: u64) {
+        self.stats.stored_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a failed source request for groups `first..=last` and turns its error into ours.
+    fn source_failed(&self, first: u32, last: u32, start: u64, len: u64, source: io::Error) -> FetchError {
+        self.stats.errors.fetch_add((last - first + 1) as u64, Ordering::Relaxed);
+        FetchError::Source { blob: self.id.clone(), start, end: start + len, source }
     }
 
     fn decode_run(
@@ -266,5 +283,34 @@ impl Blob {
             out.push((g, buf));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::fill::tests_support::{address_space, store};
+    use crate::core::source::LocalDirSource;
+
+    /// The stored-bytes buffer is reused per thread: a short span read after a long one must
+    /// decode from its own bytes only, never from the longer span's leftovers.
+    #[test]
+    fn spans_on_one_thread_decode_from_their_own_stored_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = address_space(256); // 16 groups of 64 KiB, text and noise alternating
+        let rec = store(dir.path(), &data);
+        let blob = Blob::new(rec, Arc::new(LocalDirSource::new(dir.path()))).unwrap();
+        let check = |first: u32, last: u32| {
+            let got = blob.fetch_span_blocking(first, last, &|_| true).expect("a local source reads blocking").unwrap();
+            assert_eq!(got.len() as u32, last - first + 1);
+            for (g, buf) in got {
+                let r = blob.map.group_range(g);
+                assert!(buf[..] == data[r.start as usize..r.end as usize], "group {g} after span {first}..={last}");
+            }
+        };
+        check(0, 15);
+        check(5, 5);
+        check(2, 3);
+        check(14, 15);
     }
 }

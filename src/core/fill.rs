@@ -699,7 +699,7 @@ mod merge_tests {
 }
 
 #[cfg(test)]
-mod tests_support {
+pub(super) mod tests_support {
     use super::*;
     use erofs::blob::{encode_blob, BlobRecord, Compression};
 

@@ -36,8 +36,11 @@ pub trait BlobSource: Send + Sync + 'static {
     /// Reads like [`BlobSource::read_range`] but on the calling thread, for sources whose reads
     /// are plain file reads: the fill engine then reads and decodes on one blocking-pool
     /// thread instead of hopping between two (one hop per group, a thousand on a cold read of
-    /// a 250 MB image). `None`: this source only reads asynchronously (the network).
-    fn read_range_blocking(&self, _id: &str, _offset: u64, _len: u64) -> Option<io::Result<Vec<u8>>> {
+    /// a 250 MB image). The bytes land in `buf[..len]`: `buf` is the caller's reusable buffer,
+    /// grown when too short, so a fill neither allocates nor zeroes stored bytes only to
+    /// overwrite them (under TCG that cost about as much as the read's own copy). `None`: this
+    /// source only reads asynchronously (the network); `buf` is left alone.
+    fn read_range_blocking(&self, _id: &str, _offset: u64, _len: u64, _buf: &mut Vec<u8>) -> Option<io::Result<()>> {
         None
     }
 
@@ -111,11 +114,15 @@ impl BlobSource for LocalDirSource {
         format!("local directory {}", self.dir.display())
     }
 
-    fn read_range_blocking(&self, id: &str, offset: u64, len: u64) -> Option<io::Result<Vec<u8>>> {
+    fn read_range_blocking(&self, id: &str, offset: u64, len: u64, buf: &mut Vec<u8>) -> Option<io::Result<()>> {
         if len > MAX_RANGE {
             return Some(Err(io::Error::new(io::ErrorKind::InvalidInput, format!("range of {len} bytes is too large"))));
         }
-        Some(self.file(id).and_then(|file| read_exact_at(&file, id, offset, len)))
+        let len = len as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        Some(self.file(id).and_then(|file| read_exact_into(&file, id, offset, &mut buf[..len])))
     }
 
     /// Fills run several groups at once, out of order, on different threads: the kernel's own
@@ -134,9 +141,13 @@ impl BlobSource for LocalDirSource {
 
 fn read_exact_at(file: &File, id: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset)
-        .map_err(|e| io::Error::new(e.kind(), format!("read {len} bytes at {offset} of blob {id}: {e}")))?;
+    read_exact_into(file, id, offset, &mut buf)?;
     Ok(buf)
+}
+
+fn read_exact_into(file: &File, id: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    file.read_exact_at(buf, offset)
+        .map_err(|e| io::Error::new(e.kind(), format!("read {} bytes at {offset} of blob {id}: {e}", buf.len())))
 }
 
 /// Shared handle to any source.
@@ -153,8 +164,14 @@ mod tests {
         std::fs::write(dir.path().join(&id), b"0123456789").unwrap();
         let src = LocalDirSource::new(dir.path());
         assert_eq!(src.read_range(&id, 2, 3).await.unwrap(), b"234");
-        assert_eq!(src.read_range_blocking(&id, 2, 3).unwrap().unwrap(), b"234");
-        assert!(src.read_range_blocking(&id, 8, 5).unwrap().is_err());
+        let mut buf = b"old bytes, longer than the read".to_vec();
+        src.read_range_blocking(&id, 2, 3, &mut buf).unwrap().unwrap();
+        assert_eq!(&buf[..3], b"234", "a long buffer is reused, not shortened");
+        let mut short_buf = Vec::new();
+        src.read_range_blocking(&id, 4, 6, &mut short_buf).unwrap().unwrap();
+        assert_eq!(short_buf, b"456789", "a short buffer grows");
+        let short = src.read_range_blocking(&id, 8, 5, &mut buf).unwrap().unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
         let short = src.read_range(&id, 8, 5).await.unwrap_err();
         assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
         assert!(src.read_range("../etc/passwd", 0, 1).await.is_err());
