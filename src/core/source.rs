@@ -38,8 +38,8 @@ pub trait BlobSource: Send + Sync + 'static {
     /// thread instead of hopping between two (one hop per group, a thousand on a cold read of
     /// a 250 MB image). The bytes land in `buf[..len]`: `buf` is the caller's reusable buffer,
     /// grown when too short, so a fill neither allocates nor zeroes stored bytes only to
-    /// overwrite them (under TCG that cost about as much as the read's own copy). `None`: this
-    /// source only reads asynchronously (the network); `buf` is left alone.
+    /// overwrite them. `None`: this source only reads asynchronously (the network); `buf` is
+    /// left alone.
     fn read_range_blocking(&self, _id: &str, _offset: u64, _len: u64, _buf: &mut Vec<u8>) -> Option<io::Result<()>> {
         None
     }
