@@ -43,7 +43,14 @@ ensure() {
             rm -rf "$dir" && mkdir -p "$dir"
             log "building $name in $dir"
             local t0=$SECONDS
-            "$fn" "$dir" >&2
+            # Checked here, not left to `set -e`: a caller may run us inside a command
+            # substitution, where bash ignores errexit, and a failed build must never be marked
+            # done (a later caller would trust an empty fixture).
+            if ! "$fn" "$dir" >&2; then
+                log "building $name failed"
+                rm -rf "$dir"
+                exit 1
+            fi
             touch "$dir/.done"
             log "built $name in $((SECONDS - t0)) s"
         fi
@@ -60,7 +67,12 @@ need_root() {
 build_alltypes() { need_root alltypes; python3 "$gen/alltypes.py" "$1/tree"; }
 build_alltypes_compat() { need_root alltypes-compat; python3 "$gen/alltypes.py" --max-name 200 "$1/tree"; }
 build_rootfs() { need_root rootfs; "$gen/rootfs.sh" "$1"; }
-build_oci() { need_root oci; "$gen/oci.sh" "$1" "$(fixture rootfs)/tree"; }
+build_oci() {
+    need_root oci
+    local rootfs
+    rootfs=$(fixture rootfs) || return 1
+    "$gen/oci.sh" "$1" "$rootfs/tree"
+}
 build_badtars() { python3 "$gen/badtars.py" "$1"; }
 
 fixture() {
@@ -68,7 +80,10 @@ fixture() {
         alltypes) ensure alltypes "$(key "$gen/alltypes.py")" build_alltypes ;;
         alltypes-compat) ensure alltypes-compat "$(key "$gen/alltypes.py")" build_alltypes_compat ;;
         rootfs) ensure rootfs "$(key "$gen/rootfs.sh" -- bookworm minbase python3)" build_rootfs ;;
-        oci) ensure oci "$(key "$gen/oci.sh" -- "$(basename "$(fixture rootfs)")")" build_oci ;;
+        oci)
+            local rootfs
+            rootfs=$(fixture rootfs) || exit 1
+            ensure oci "$(key "$gen/oci.sh" -- "$(basename "$rootfs")")" build_oci ;;
         badtars) ensure badtars "$(key "$gen/badtars.py")" build_badtars ;;
         *) log "unknown fixture '$1' (alltypes alltypes-compat rootfs oci badtars all)"; exit 2 ;;
     esac
