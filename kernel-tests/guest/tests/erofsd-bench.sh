@@ -17,6 +17,12 @@ mkdir -p /mnt/bn-native /mnt/bn-erofsd
 secs() { sed -n 's/.* secs=\([0-9.]*\) .*/\1/p'; }
 REPS=5
 fastest() { echo $1 | tr ' ' '\n' | sort -n | head -n 1; }   # of a list of pass times
+# CPU accounting per pass, in ticks of USER_HZ (100 on x86): the whole guest's busy time
+# (/proc/stat: all but idle and iowait) and the daemon's user and system time (all threads).
+# Under TCG the cold ratio is a question of emulated CPU, so the table shows where it goes.
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+daemon_ticks() { awk '{ print $14, $15 }' "/proc/$DAEMON_PID/stat"; }
+cs() { awk "BEGIN { printf \"%.2f\", ($1) / 100 }"; }   # ticks -> CPU-s
 
 # Native: bootstrap and each blob's raw address space on loop devices, in device-table order.
 lb=$(losetup -f); losetup -r "$lb" "$ERO_IN/$img/image.boot"
@@ -28,15 +34,20 @@ done
 mount -t erofs -o "$opts" "$lb" /mnt/bn-native || fail "native mount failed"
 
 start_daemon
-n_all=""; e_all=""
+n_all=""; e_all=""; cpu_all=""
 for r in $(seq 1 $REPS); do
     drop_caches
+    b0=$(busy_ticks)
     n_all="$n_all $(ktest-tree readall /mnt/bn-native | tee -a "$KTEST_OUT/bench.txt" | secs)"
+    b1=$(busy_ticks)
     [ "$r" -gt 1 ] && { ero umount /mnt/bn-erofsd || fail "erofsd umount failed"; }
     ero mount "$ERO_IN/$img" /mnt/bn-erofsd --fsid "bench$r" || fail "erofsd mount failed"
     before=$(metric reads); before_bytes=$(metric read_bytes); before_pref=$(metric prefetches)
     drop_caches
+    set -- $(daemon_ticks); du0=$1 ds0=$2; b2=$(busy_ticks)
     e_all="$e_all $(ktest-tree readall /mnt/bn-erofsd | tee -a "$KTEST_OUT/bench.txt" | secs)"
+    b3=$(busy_ticks); set -- $(daemon_ticks)
+    cpu_all="$cpu_all $(cs "$b1 - $b0")/$(cs "$b3 - $b2")/$(cs "$1 - $du0")+$(cs "$2 - $ds0")"
 done
 n_cold=$(fastest "$n_all"); e_cold=$(fastest "$e_all")
 # The last cold pass's READs; the warm re-reads follow their own cold pass.
@@ -87,6 +98,7 @@ echo "BENCH | erofsd, warm page cache                | $e_warm | $(ratio "$e_war
 echo "BENCH | erofsd, remounted over warm cache files | $e_cached | $(ratio "$e_cached" "$n_cold") |"
 echo "BENCH | READs (last cold pass): $reads, $rbytes bytes, $pref prefetches; READ round trip us: p50 $p50, p90 $p90, p99 $p99, max $pmax |"
 echo "BENCH | cold passes in order, native:$n_all; erofsd:$e_all |"
+echo "BENCH | CPU-s per pass, native guest / erofsd guest / daemon user+sys:$cpu_all |"
 echo "BENCH | READs after remount over warm cache: $extra |"
 } | tee "$KTEST_OUT/table.txt"
 [ "$extra" = 0 ] || fail "$extra READs after remount over a warm cache"
