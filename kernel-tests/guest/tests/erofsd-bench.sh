@@ -54,7 +54,7 @@ n_cold=$(fastest "$n_all"); e_cold=$(fastest "$e_all")
 reads=$(( $(metric reads) - before )); rbytes=$(( $(metric read_bytes) - before_bytes ))
 pref=$(( $(metric prefetches) - before_pref ))
 # Warm rows: the best of 3 alternating re-reads (one warm pass of each swung from 0.77x to
-# 1.40x of the other between boots). The erofsd pages are warm from its last cold pass; the
+# 1.49x of the other between boots). The erofsd pages are warm from its last cold pass; the
 # erofsd passes may have pushed the native pages out, so one native re-read puts them back first.
 ktest-tree readall /mnt/bn-native >/dev/null
 ew_all=""; nw_all=""; before_warm=$(metric reads)
