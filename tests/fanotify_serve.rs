@@ -17,14 +17,14 @@ use common::data::noise;
 use common::{cli, fixtures};
 use fanotify_harness::{drop_caches, open_without_readahead, regular_files, require_fanotify, Daemon, MountDir};
 
-fn full_tree(test: &str, fixture: &str, min_files: usize) {
+fn full_tree(test: &str, fixture: &str, build_args: &[&str], min_files: usize) {
     let s = fixtures::scratch(test);
     if !require_fanotify(test, s.path()) {
         return;
     }
     let src = fixtures::fixture(fixture).join("tree");
     let img = s.path().join("img");
-    cli::erofsd_build(&[&src], &img, &[]);
+    cli::erofsd_build(&[&src], &img, build_args);
     let d = Daemon::start(s.path(), false);
     let mnt = MountDir::new(s.path(), "mnt");
     d.mount(&img, &mnt.0);
@@ -40,12 +40,18 @@ fn full_tree(test: &str, fixture: &str, min_files: usize) {
 
 #[test]
 fn fanotify_alltypes_tree_byte_exact() {
-    full_tree("fanotify_alltypes_tree_byte_exact", "alltypes", 3900);
+    full_tree("fanotify_alltypes_tree_byte_exact", "alltypes", &[], 3900);
+}
+
+/// The same tree with lz4 groups: the fill path decodes the other codec.
+#[test]
+fn fanotify_alltypes_lz4_tree_byte_exact() {
+    full_tree("fanotify_alltypes_lz4_tree_byte_exact", "alltypes", &["--compress", "lz4"], 3900);
 }
 
 #[test]
 fn fanotify_rootfs_tree_byte_exact() {
-    full_tree("fanotify_rootfs_tree_byte_exact", "rootfs", 6000);
+    full_tree("fanotify_rootfs_tree_byte_exact", "rootfs", &[], 6000);
 }
 
 

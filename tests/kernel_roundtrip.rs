@@ -161,6 +161,20 @@ fn alltypes_zstd() {
     });
 }
 
+#[test]
+fn alltypes_lz4() {
+    needs_kernel!("alltypes_lz4");
+    roundtrip(Case {
+        test: "alltypes-lz4",
+        sources: vec![alltypes()],
+        build_args: &["--compress", "lz4"],
+        data: Data::ViaCheck,
+        reference: alltypes(),
+        opts: Options::default(),
+        min_files: 3900,
+    });
+}
+
 /// Smallest chunks and groups: every 4 KiB block its own chunk, many groups per file.
 #[test]
 fn alltypes_zstd_4k_chunks_and_groups() {

@@ -329,6 +329,36 @@ mod tests {
         assert!(decode_table(&image, &short, 2).is_err());
     }
 
+    /// Compression byte 2 is an lz4 blob; any other unknown value is refused (with the table
+    /// CRC made to match, so only the field check can catch it).
+    #[test]
+    fn compression_byte() {
+        let off = 0x2000u64;
+        let table = |blobs: &[BlobRecord], patch: Option<u8>| {
+            let mut bytes = Vec::new();
+            encode_table(blobs, off, &mut |b| {
+                bytes.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+            if let Some(v) = patch {
+                bytes[48] = v;
+            }
+            let h = ExtHeader { version: 1, blob_count: 2, blob_table_offset: off, blob_table_size: bytes.len() as u64, blob_table_crc32: crc32fast::hash(&bytes), flags: 0 };
+            let mut image = vec![0u8; off as usize];
+            image.extend_from_slice(&bytes);
+            (bytes[48], decode_table(&image, &h, 2))
+        };
+        let mut blobs = sample();
+        blobs[0].compression = Compression::Lz4;
+        let (byte, got) = table(&blobs, None);
+        assert_eq!(byte, 2);
+        assert_eq!(got.unwrap(), blobs);
+        let (_, got) = table(&blobs, Some(3));
+        let e = got.unwrap_err().to_string();
+        assert!(e.contains("unknown compression 3"), "{e}");
+    }
+
     #[test]
     fn validation() {
         let mut b = sample().remove(0);

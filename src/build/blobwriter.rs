@@ -299,7 +299,7 @@ mod tests {
             for g in 0..map.group_count() {
                 let s = map.stored_range(g);
                 let u = map.group_range(g);
-                dec.decode(g, &rec.groups[g as usize], &stored[s.start as usize..s.end as usize], &mut got[u.start as usize..u.end as usize])
+                dec.decode(rec.compression, g, &rec.groups[g as usize], &stored[s.start as usize..s.end as usize], &mut got[u.start as usize..u.end as usize])
                     .unwrap();
             }
             assert_eq!(got, expect, "threads {threads} {comp:?}");

@@ -217,7 +217,7 @@ fn verify_blob(dir: &Path, rec: &BlobRecord, raw: Option<&Path>) -> Result<u64> 
         f.read_exact(&mut stored).with_context(|| format!("reading group {i} of {}", path.display()))?;
         sha.update(&stored);
         plain.resize((ur.end - ur.start) as usize, 0);
-        match dec.decode(i, &rec.groups[i as usize], &stored, &mut plain) {
+        match dec.decode(rec.compression, i, &rec.groups[i as usize], &stored, &mut plain) {
             Ok(()) => {
                 if let Some(o) = &out {
                     // Leave zero groups as holes: the raw file stays sparse like the image.

@@ -22,8 +22,9 @@ pub struct Args {
     /// Blob group size: unit of compression, verification and fetch (power of two, 4K..16M).
     #[arg(long, default_value = "256K")]
     pub group_size: String,
-    /// Group compression: zstd or none (none: the blob is the raw address space).
-    #[arg(long, default_value = "zstd")]
+    /// Group compression: zstd (smallest), lz4 (cheapest to decode: about a quarter larger,
+    /// 2.5-3x faster to decode) or none (the blob is the raw address space).
+    #[arg(long, default_value = "zstd", value_parser = ["zstd", "lz4", "none"])]
     pub compress: String,
     /// zstd level (1..=19).
     #[arg(long, default_value_t = erofs::blob::DEFAULT_ZSTD_LEVEL)]
@@ -57,11 +58,8 @@ pub fn run(args: Args) -> Result<()> {
             erofs::blob::MIN_GROUP_SIZE_LOG2,
             erofs::blob::MAX_GROUP_SIZE_LOG2,
         )?,
-        compression: match args.compress.as_str() {
-            "zstd" => Compression::Zstd,
-            "none" => Compression::None,
-            other => bail!("--compress {other:?}: expected zstd or none"),
-        },
+        compression: Compression::from_name(&args.compress)
+            .ok_or_else(|| anyhow::anyhow!("--compress {:?}: expected zstd, lz4 or none", args.compress))?,
         zstd_level: args.zstd_level,
         merge: args.merge,
         max_entries: args.max_entries,

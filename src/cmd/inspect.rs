@@ -85,7 +85,7 @@ fn header_json<T: AsRef<[u8]>>(img: &Image<T>) -> Value {
                     "id": b.id_hex(),
                     "uncompressed_size": b.uncompressed_size,
                     "stored_size": b.stored_size,
-                    "compression": format!("{:?}", b.compression).to_lowercase(),
+                    "compression": b.compression.name(),
                     "group_size": b.group_size(),
                     "groups": b.groups.len(),
                     "raw_groups": b.groups.iter().filter(|g| g.raw).count(),
@@ -186,12 +186,12 @@ fn print_text<T: AsRef<[u8]>>(img: &Image<T>, path: &Path, tree: bool, out: &mut
             for (k, b) in blobs.iter().enumerate() {
                 writeln!(
                     out,
-                    "  device {:<3} {}  {} bytes, stored {} ({:?}), {} groups of {} KiB",
+                    "  device {:<3} {}  {} bytes, stored {} ({}), {} groups of {} KiB",
                     k + 1,
                     b.id_hex(),
                     b.uncompressed_size,
                     b.stored_size,
-                    b.compression,
+                    b.compression.name(),
                     b.groups.len(),
                     b.group_size() / 1024
                 )?;

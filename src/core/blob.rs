@@ -218,7 +218,7 @@ impl Blob {
                 // decode() fills every byte (it checks the decoded length), so a recycled
                 // buffer's old contents never survive into the cache.
                 let mut buf = AlignedBuf::recycled((ur.end - ur.start) as usize);
-                decoder.decode(g, &self.record.groups[g as usize], piece, &mut buf).map_err(|source| {
+                decoder.decode(self.record.compression, g, &self.record.groups[g as usize], piece, &mut buf).map_err(|source| {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     FetchError::Verify { blob: self.id.clone(), source }
                 })?;

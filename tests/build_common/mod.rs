@@ -52,7 +52,7 @@ pub fn fetch(rec: &BlobRecord, blob_dir: &Path, off: u64, dst: &mut [u8]) -> std
         let ur = map.group_range(g);
         let s = &stored[(sr.start - run.stored.start) as usize..(sr.end - run.stored.start) as usize];
         let p = &mut plain[(ur.start - run.uncompressed.start) as usize..(ur.end - run.uncompressed.start) as usize];
-        dec.decode(g, &rec.groups[g as usize], s, p).map_err(std::io::Error::other)?;
+        dec.decode(rec.compression, g, &rec.groups[g as usize], s, p).map_err(std::io::Error::other)?;
     }
     let start = (off - run.uncompressed.start) as usize;
     dst.copy_from_slice(&plain[start..start + dst.len()]);
