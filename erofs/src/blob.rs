@@ -20,7 +20,7 @@ pub enum Compression {
     None = 0,
     Zstd = 1,
     /// LZ4 block format (no frame): about a quarter larger than zstd level 3 on a rootfs, but
-    /// decodes 2.5-3x faster, so a fill costs less CPU per byte (docs/format.md).
+    /// decodes 2.4-2.7x faster, so a fill costs less CPU per byte (docs/format.md).
     Lz4 = 2,
 }
 
@@ -172,36 +172,27 @@ impl GroupEncoder {
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "group larger than 2 GiB"))?;
         let crc32 = crc32fast::hash(data);
         out.clear();
-        if !data.is_empty() {
-            match (self.compression, self.zstd.as_mut()) {
-                (Compression::Zstd, Some(z)) => {
-                    // Room for any result smaller than the input (zstd writes into the Vec's
-                    // spare capacity); a frame that does not fit is not worth keeping, and
-                    // zstd reports "destination too small" for it.
-                    out.reserve(data.len());
-                    match z.compress_to_buffer(data, out) {
-                        Ok(n) if n > 0 && n < data.len() => {
-                            out.truncate(n);
-                            return Ok(GroupEntry { stored_len: n as u32, raw: false, crc32 });
-                        }
-                        _ => out.clear(),
-                    }
-                }
-                (Compression::Lz4, _) => {
-                    // Into `out` itself, sized for the worst case (lz4 never fails on room
-                    // for that); kept only when smaller than the group.
-                    out.resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
-                    match lz4_flex::block::compress_into(data, out) {
-                        Ok(n) if n > 0 && n < data.len() => {
-                            out.truncate(n);
-                            return Ok(GroupEntry { stored_len: n as u32, raw: false, crc32 });
-                        }
-                        _ => out.clear(),
-                    }
-                }
-                _ => {}
+        // Both codecs write into `out` itself: zstd into its spare capacity (a frame that does
+        // not fit in the input's length is not worth keeping, and zstd reports "destination
+        // too small" for it), lz4 into room for its worst case (it never fails on that).
+        let compressed = match (self.compression, self.zstd.as_mut()) {
+            _ if data.is_empty() => None,
+            (Compression::Zstd, Some(z)) => {
+                out.reserve(data.len());
+                z.compress_to_buffer(data, out).ok()
             }
+            (Compression::Lz4, _) => {
+                out.resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
+                lz4_flex::block::compress_into(data, out).ok()
+            }
+            _ => None,
+        };
+        // Kept only when smaller than the group: a stored group is never longer than its data.
+        if let Some(n) = compressed.filter(|&n| n > 0 && n < data.len()) {
+            out.truncate(n);
+            return Ok(GroupEntry { stored_len: n as u32, raw: false, crc32 });
         }
+        out.clear();
         out.extend_from_slice(data);
         Ok(GroupEntry { stored_len: len, raw: true, crc32 })
     }

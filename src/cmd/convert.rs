@@ -19,8 +19,8 @@ pub struct Args {
     /// Where to write the erofsd image: a registry reference (with a tag) or `oci:DIR[:tag]`.
     pub target: String,
     /// Group compression of the data blobs: zstd, lz4 or none (see `erofsd build --help`).
-    #[arg(long, default_value = "zstd", value_parser = ["zstd", "lz4", "none"])]
-    pub compress: String,
+    #[arg(long, default_value = "zstd", value_parser = super::build::parse_compression)]
+    pub compress: Compression,
     /// zstd level (1..=19).
     #[arg(long, default_value_t = erofs::blob::DEFAULT_ZSTD_LEVEL)]
     pub zstd_level: i32,
@@ -69,8 +69,7 @@ pub fn run(args: Args) -> Result<()> {
     let build = BuildOptions {
         chunk_size_log2: build::size_log2(&args.chunk_size, "--chunk-size", build::MIN_CHUNK_SIZE_LOG2, build::MAX_CHUNK_SIZE_LOG2)?,
         group_size_log2: build::size_log2(&args.group_size, "--group-size", erofs::blob::MIN_GROUP_SIZE_LOG2, erofs::blob::MAX_GROUP_SIZE_LOG2)?,
-        compression: Compression::from_name(&args.compress)
-            .ok_or_else(|| anyhow::anyhow!("--compress {:?}: expected zstd, lz4 or none", args.compress))?,
+        compression: args.compress,
         zstd_level: args.zstd_level,
         merge: true,
         max_entries: args.max_entries,
