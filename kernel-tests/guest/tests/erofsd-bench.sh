@@ -4,7 +4,8 @@
 # round-trip latency (message read -> READ_COMPLETE ioctl) from the daemon's metrics.
 # Targets: cold within 1.5x of native, warm equal. Correctness is asserted; ratios are printed.
 # The cold erofsd rows are the same tree built twice, with zstd groups (the default) and with
-# lz4 groups (the cheaper decode: under TCG the pass is bound by the daemon's emulated CPU).
+# lz4 groups (the cheaper decode: under TCG the daemon's fill is bound by emulated CPU, though
+# the pass as a whole also waits on READ round trips and the emulated disk; docs/cachefiles.md).
 # The cold rows are the best of $REPS alternating native/lz4/zstd passes (each erofsd pass on a
 # fresh fsid, so a cold cache): on the SMP guest one pass swung by 3x between boots (2 vCPUs
 # and QEMU's I/O thread share the host's 2 cores), in either row, and within one boot the
