@@ -577,29 +577,32 @@ mod tests {
             *b = 0x5A;
         }
         assert!(dec.decode(Compression::Zstd, 1, &e, &bad, &mut out).is_err());
-        // Truncated frame, with the table entry adjusted to match (so only zstd can notice).
-        let short = &stored[..stored.len() - 3];
-        let e2 = GroupEntry { stored_len: short.len() as u32, ..e };
-        let err = dec.decode(Compression::Zstd, 1, &e2, short, &mut out).unwrap_err();
-        assert!(matches!(err, BlobError::Decompress { .. } | BlobError::DecodedLength { .. }), "{err}");
     }
 
+    /// Lengths that disagree, for each codec: the decoder, not luck, must catch them.
     #[test]
     fn wrong_lengths() {
         let data = text(65536);
-        let (e, stored) = roundtrip(Compression::Zstd, &data);
         let mut dec = GroupDecoder::new().unwrap();
-        // Stored slice shorter than the table says (truncated input).
         let mut out = vec![0; data.len()];
-        let err = dec.decode(Compression::Zstd, 0, &e, &stored[..stored.len() - 1], &mut out).unwrap_err();
-        assert!(matches!(err, BlobError::StoredLength { .. }), "{err}");
-        // Output buffer too small: zstd must refuse, not overflow.
-        let mut small = vec![0; data.len() - 4096];
-        assert!(dec.decode(Compression::Zstd, 0, &e, &stored, &mut small).is_err());
-        // Output buffer too large: decodes short.
-        let mut big = vec![0; data.len() + 4096];
-        let err = dec.decode(Compression::Zstd, 0, &e, &stored, &mut big).unwrap_err();
-        assert!(matches!(err, BlobError::DecodedLength { .. }), "{err}");
+        for codec in [Compression::Zstd, Compression::Lz4] {
+            let (e, stored) = roundtrip(codec, &data);
+            // Stored slice shorter than the table says (truncated input).
+            let err = dec.decode(codec, 0, &e, &stored[..stored.len() - 1], &mut out).unwrap_err();
+            assert!(matches!(err, BlobError::StoredLength { .. }), "{codec:?}: {err}");
+            // Truncated data with the table entry adjusted to match (only the decoder can notice).
+            let short = &stored[..stored.len() - 3];
+            let e2 = GroupEntry { stored_len: short.len() as u32, ..e };
+            let err = dec.decode(codec, 1, &e2, short, &mut out).unwrap_err();
+            assert!(matches!(err, BlobError::Decompress { .. } | BlobError::DecodedLength { .. }), "{codec:?}: {err}");
+            // Output buffer too small: the decoder must refuse, not overflow.
+            let mut small = vec![0; data.len() - 4096];
+            assert!(dec.decode(codec, 0, &e, &stored, &mut small).is_err(), "{codec:?}");
+            // Output buffer too large: decodes short.
+            let mut big = vec![0; data.len() + 4096];
+            let err = dec.decode(codec, 0, &e, &stored, &mut big).unwrap_err();
+            assert!(matches!(err, BlobError::DecodedLength { .. }), "{codec:?}: {err}");
+        }
         // Raw group with the wrong output length.
         let (e, stored) = roundtrip(Compression::None, &data[..4096]);
         let mut out = vec![0; 8192];
@@ -647,17 +650,6 @@ mod tests {
         let he = GroupEntry { stored_len: hostile.len() as u32, raw: false, crc32: 0 };
         let err = dec.decode(Compression::Lz4, 2, &he, &hostile, &mut out).unwrap_err();
         assert!(matches!(err, BlobError::Decompress { group: 2, .. }), "{err}");
-        // Truncated block with the table adjusted (only the decoder can notice).
-        let short = &stored[..stored.len() - 3];
-        let e2 = GroupEntry { stored_len: short.len() as u32, ..e };
-        let err = dec.decode(Compression::Lz4, 1, &e2, short, &mut out).unwrap_err();
-        assert!(matches!(err, BlobError::Decompress { .. } | BlobError::DecodedLength { .. }), "{err}");
-        // Output too small must fail, not overflow; too large decodes short.
-        let mut small = vec![0; data.len() - 4096];
-        assert!(dec.decode(Compression::Lz4, 1, &e, &stored, &mut small).is_err());
-        let mut big = vec![0; data.len() + 4096];
-        let err = dec.decode(Compression::Lz4, 1, &e, &stored, &mut big).unwrap_err();
-        assert!(matches!(err, BlobError::DecodedLength { .. }), "{err}");
         // The same bytes read with the wrong codec never pass as data.
         assert!(dec.decode(Compression::Zstd, 1, &e, &stored, &mut out).is_err());
         assert!(dec.decode(Compression::None, 1, &e, &stored, &mut out).is_err());
