@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
 use erofs::blob::GroupMap;
@@ -29,7 +29,7 @@ use super::source::MAX_RANGE;
 use super::readahead::ReadAheadState;
 use super::readiness::Readiness;
 use super::trace::TraceLog;
-use super::writer::{pwrite_all, Writer};
+use super::writer::{pwrite_all, Writer, MAX_IOVECS};
 
 type Outcome = Option<Result<(), Arc<str>>>;
 
@@ -160,8 +160,26 @@ pub struct Filler {
     /// Read-ahead pieces from a free source (local blobs) that may run at once: one per CPU.
     /// Such a piece is CPU work (decode, CRC, copy); more of them at once only share the CPUs,
     /// so the piece the reader needs next would finish no sooner than the last one queued
-    /// ([`Filler::read_ahead`] queues them nearest first).
+    /// ([`Filler::read_ahead`] queues them nearest first). A piece holds its slot until it is
+    /// decoded, not through its write ([`CpuSlot`]).
     pub(super) read_ahead_slots: Arc<Semaphore>,
+}
+
+/// A read-ahead piece's CPU slot ([`Filler::read_ahead_slots`]) while the piece is filled,
+/// given back as soon as its groups are decoded: the write that follows (direct I/O for a
+/// cachefiles object) waits on the disk, not on a CPU, and the next piece can decode meanwhile.
+/// Holding the slot through the write left the guest's CPUs half idle in a cold pass.
+#[derive(Clone, Default)]
+pub(super) struct CpuSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl CpuSlot {
+    pub(super) fn holding(permit: Option<OwnedSemaphorePermit>) -> CpuSlot {
+        CpuSlot(Arc::new(Mutex::new(permit)))
+    }
+
+    fn release(&self) {
+        self.0.lock().expect("cpu slot").take();
+    }
 }
 
 /// Who asks for a fill. On-demand fills (a kernel request a reader waits on) are traced;
@@ -190,6 +208,11 @@ impl Filler {
 
     /// [`Filler::fill`] on behalf of `origin` (only on-demand fills are traced).
     pub async fn fill_as(&self, target: &Arc<Target>, offset: u64, len: u64, origin: Origin) -> Result<(), FetchError> {
+        self.fill_in_slot(target, offset, len, origin, CpuSlot::default()).await
+    }
+
+    /// [`Filler::fill_as`], releasing `slot` once the data is decoded (or found claimed).
+    pub(super) async fn fill_in_slot(&self, target: &Arc<Target>, offset: u64, len: u64, origin: Origin, slot: CpuSlot) -> Result<(), FetchError> {
         let Some((offset, len)) = target.clamp(offset, len) else { return Ok(()) };
         let run = target
             .blob
@@ -219,9 +242,11 @@ impl Filler {
         }
 
         let mut first_error: Option<String> = None;
-        if !claims.groups.is_empty() {
+        if claims.groups.is_empty() {
+            slot.release(); // only waiting from here on
+        } else {
             let this = self.clone();
-            let work = tokio::spawn(async move { this.fetch_claimed(claims).await });
+            let work = tokio::spawn(async move { this.fetch_claimed(claims, slot).await });
             match work.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => first_error = Some(e.to_string()),
@@ -249,7 +274,7 @@ impl Filler {
 
     /// Fetches the claimed groups, one source request per planned span, concurrently, and
     /// writes the wanted groups.
-    async fn fetch_claimed(&self, mut claims: Claims) -> Result<(), FetchError> {
+    async fn fetch_claimed(&self, mut claims: Claims, slot: CpuSlot) -> Result<(), FetchError> {
         let target = claims.target.clone();
         let mut wanted: Vec<u32> = claims.groups.iter().map(|(g, _)| *g).collect();
         wanted.sort_unstable();
@@ -259,13 +284,13 @@ impl Filler {
         // run concurrently, each in its own.
         let outcomes = if spans.len() == 1 {
             let span = spans.into_iter().next().expect("one span");
-            vec![Ok(self.fetch_and_write(&target, span).await)]
+            vec![Ok(self.fetch_and_write(&target, span, slot).await)]
         } else {
             let tasks: Vec<_> = spans
                 .into_iter()
                 .map(|span| {
-                    let (this, target) = (self.clone(), target.clone());
-                    tokio::spawn(async move { this.fetch_and_write(&target, span).await })
+                    let (this, target, slot) = (self.clone(), target.clone(), slot.clone());
+                    tokio::spawn(async move { this.fetch_and_write(&target, span, slot).await })
                 })
                 .collect();
             let mut outcomes = Vec::with_capacity(tasks.len());
@@ -316,8 +341,9 @@ impl Filler {
 
 impl Filler {
     /// One planned request: fetch the span, decode the wanted groups and write each into the
-    /// target. Returns each written group with its write result.
-    async fn fetch_and_write(&self, target: &Arc<Target>, span: Span) -> Result<Vec<(u32, std::io::Result<()>)>, FetchError> {
+    /// target. Returns each written group with its write result. `slot` is released once the
+    /// span is decoded.
+    async fn fetch_and_write(&self, target: &Arc<Target>, span: Span, slot: CpuSlot) -> Result<Vec<(u32, std::io::Result<()>)>, FetchError> {
         let _slot = self.demand_slot().await;
         let (first, last) = (span.first, span.last);
         let wanted: Arc<dyn Fn(u32) -> bool + Send + Sync> = Arc::new(move |g| span.wants(g));
@@ -330,29 +356,54 @@ impl Filler {
             })
             .await
             .map_err(|e| FetchError::Other(format!("fill task failed: {e}")))?;
+            slot.release();
             match done {
                 Some(results) => return results,
                 // Not a local source: already known, skip fetch_span's own local attempt.
                 None => {
                     let bufs = target.blob.fetch_span_remote(first, last, wanted).await?;
+                    slot.release();
                     return self.write_through_ring(target, bufs).await;
                 }
             }
         }
-        let bufs = target.blob.fetch_span(first, last, wanted).await?;
-        self.write_through_ring(target, bufs).await
+        let bufs = target.blob.fetch_span(first, last, wanted).await;
+        slot.release();
+        self.write_through_ring(target, bufs?).await
     }
 
     /// Writes decoded groups with the shared writer; each group with its write result.
-    /// All of a span's groups go to the ring at once, so their writes (direct I/O for a
-    /// cachefiles object) wait on the disk together: one after another, a 2 MiB read-ahead
-    /// piece held its CPU slot through eight disk round trips.
+    /// Groups that follow each other in the address space go as one vectored write (a 2 MiB
+    /// read-ahead piece: one write, not eight), and all of a span's writes go to the ring at
+    /// once.
     async fn write_through_ring(&self, target: &Arc<Target>, bufs: Vec<(u32, AlignedBuf)>) -> Result<Vec<(u32, std::io::Result<()>)>, FetchError> {
-        let writes = bufs.into_iter().map(|(g, buf)| {
-            let write = self.writer.write_all_at(target.fd.clone(), buf, target.blob.map.group_range(g).start);
-            async move { (g, write.await) }
+        let map = &target.blob.map;
+        let mut runs: Vec<(Vec<u32>, Vec<AlignedBuf>)> = Vec::new();
+        for (g, buf) in bufs {
+            match runs.last_mut() {
+                Some((gs, bs)) if bs.len() < MAX_IOVECS && map.group_range(gs[gs.len() - 1]).end == map.group_range(g).start => {
+                    gs.push(g);
+                    bs.push(buf);
+                }
+                _ => runs.push((vec![g], vec![buf])),
+            }
+        }
+        let writes = runs.into_iter().map(|(groups, bufs)| {
+            let write = self.writer.write_all_vectored_at(target.fd.clone(), bufs, map.group_range(groups[0]).start);
+            async move {
+                let result = write.await;
+                groups.into_iter().map(|g| (g, result.as_ref().map(|_| ()).map_err(same_error))).collect::<Vec<_>>()
+            }
         });
-        Ok(futures_util::future::join_all(writes).await)
+        Ok(futures_util::future::join_all(writes).await.into_iter().flatten().collect())
+    }
+}
+
+/// A copy of `e` for each group of a failed vectored write (io::Error is not Clone).
+fn same_error(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
     }
 }
 

@@ -24,7 +24,7 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::fill::{Filler, Origin, Target};
+use super::fill::{CpuSlot, Filler, Origin, Target};
 use super::readiness::Readiness;
 
 /// How much to read ahead, tuned per front-end (their request sizes differ).
@@ -143,8 +143,8 @@ impl Filler {
         if started == 0 {
             return 0;
         }
-        // From a free source a piece is CPU work (read, decode, CRC, write): pieces run one per
-        // CPU. From a costly source a piece mostly waits on the network: all run at once. Either
+        // From a free source a piece is CPU work (read, decode, CRC): pieces decode one per
+        // CPU, each giving its slot back before its write ([`CpuSlot`]). From a costly source a piece mostly waits on the network: all run at once. Either
         // way each task takes the nearest piece still queued for this target (the reader needs
         // it first), whichever request queued it. An on-demand fill of a queued piece's group
         // does not wait for the queue: it claims the group itself, and the piece later finds it
@@ -155,13 +155,13 @@ impl Filler {
             let (this, t, slots, done) = (self.clone(), target.clone(), cpu_slots.clone(), on_filled.clone());
             rt.spawn(async move {
                 // (Acquiring cannot fail: nothing closes the semaphore.)
-                let _permit = match slots {
+                let permit = match slots {
                     Some(slots) => slots.acquire_owned().await.ok(),
                     None => None,
                 };
                 let next = t.read_ahead_state().queued.lock().expect("read-ahead queue").pop();
                 if let Some(Reverse(at)) = next {
-                    if this.fill_as(&t, at, piece, Origin::ReadAhead).await.is_ok() {
+                    if this.fill_in_slot(&t, at, piece, Origin::ReadAhead, CpuSlot::holding(permit)).await.is_ok() {
                         done();
                     }
                 }

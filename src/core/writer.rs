@@ -7,9 +7,9 @@
 //! sysctl, seccomp), writes fall back to `pwrite` on the blocking pool: same results, more
 //! syscalls.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -19,13 +19,38 @@ use tracing::{debug, warn};
 
 use super::aligned::AlignedBuf;
 
+/// Buffers written back to back from `offset`, as one vectored write.
 struct WriteReq {
     fd: Arc<OwnedFd>,
-    buf: AlignedBuf,
-    /// Bytes of `buf` already written (short writes are resubmitted for the rest).
+    bufs: Vec<AlignedBuf>,
+    len: usize,
+    /// Bytes of `bufs` already written (short writes are resubmitted for the rest).
     done_len: usize,
     offset: u64,
+    /// The iovecs of the write in flight (they must live until its completion).
+    iov: Vec<libc::iovec>,
     reply: oneshot::Sender<io::Result<()>>,
+}
+
+// SAFETY: the iovecs point into `bufs`, which the request owns; they are only read by the
+// kernel while the request sits in the ring thread's slots.
+unsafe impl Send for WriteReq {}
+
+impl WriteReq {
+    /// Points `iov` at the bytes not yet written.
+    fn prepare(&mut self) {
+        self.iov.clear();
+        let mut skip = self.done_len;
+        for b in &self.bufs {
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            let rest = &b[skip..];
+            skip = 0;
+            self.iov.push(libc::iovec { iov_base: rest.as_ptr() as *mut libc::c_void, iov_len: rest.len() });
+        }
+    }
 }
 
 enum Backend {
@@ -41,6 +66,18 @@ pub struct Writer {
 
 const WAKE_TOKEN: u64 = u64::MAX;
 const RING_ENTRIES: u32 = 256;
+
+/// Writes to one file in flight at once; the rest wait in the ring thread's queue, oldest
+/// first. Writes into one file's holes run one at a time anyway: a cachefiles object's write
+/// is a synchronous direct write, and ext4 holds the inode lock exclusively through a direct
+/// write that allocates. Each write io_uring cannot complete inline parks an io-wq worker on
+/// that lock, and the kernel's own read of the file for the reader (shared lock) queues behind
+/// every one of them: a guest cold pass had up to 489 workers waiting, and READs waited tens of
+/// milliseconds. Two keep the disk busy between completions.
+const MAX_INFLIGHT_PER_FILE: usize = 2;
+
+/// Buffers one write may take (well under the kernel's IOV_MAX of 1024).
+pub const MAX_IOVECS: usize = 64;
 
 impl Writer {
     /// Starts the io_uring thread, or falls back to `pwrite` if the ring cannot be created.
@@ -80,13 +117,29 @@ impl Writer {
 
     /// Writes all of `buf` at `offset` of `fd`.
     pub async fn write_all_at(&self, fd: Arc<OwnedFd>, buf: AlignedBuf, offset: u64) -> io::Result<()> {
+        self.write_all_vectored_at(fd, vec![buf], offset).await
+    }
+
+    /// Writes `bufs` back to back from `offset` of `fd`, as one write (at most
+    /// [`MAX_IOVECS`] buffers). One large direct write costs the kernel far less than several
+    /// small ones (in the QEMU guest, 273 MB took 0.33 s in 2 MiB writes, 0.74 s in 256 KiB).
+    pub async fn write_all_vectored_at(&self, fd: Arc<OwnedFd>, bufs: Vec<AlignedBuf>, offset: u64) -> io::Result<()> {
+        assert!(bufs.len() <= MAX_IOVECS, "at most MAX_IOVECS buffers per write");
         match &*self.backend {
-            Backend::Pwrite => tokio::task::spawn_blocking(move || pwrite_all(&fd, &buf, offset))
-                .await
-                .map_err(|e| io::Error::other(format!("write task failed: {e}")))?,
+            Backend::Pwrite => tokio::task::spawn_blocking(move || {
+                let mut at = offset;
+                for b in &bufs {
+                    pwrite_all(&fd, b, at)?;
+                    at += b.len() as u64;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| io::Error::other(format!("write task failed: {e}")))?,
             Backend::Uring { tx, wake } => {
                 let (reply, rx) = oneshot::channel();
-                tx.send(WriteReq { fd, buf, done_len: 0, offset, reply })
+                let len = bufs.iter().map(|b| b.len()).sum();
+                tx.send(WriteReq { fd, bufs, len, done_len: 0, offset, iov: Vec::new(), reply })
                     .map_err(|_| io::Error::other("io_uring writer thread is gone"))?;
                 let one: u64 = 1;
                 // SAFETY: writing 8 bytes from a valid u64 to our eventfd.
@@ -129,6 +182,7 @@ fn ring_loop(mut ring: IoUring, rx: mpsc::Receiver<WriteReq>, wake: Arc<OwnedFd>
     let mut wake_buf = [0u8; 8];
     let mut wake_armed = false;
     let mut inflight = 0usize;
+    let mut per_file: HashMap<RawFd, usize> = HashMap::new();
     let mut senders_gone = false;
     loop {
         // Take everything queued so far.
@@ -153,19 +207,29 @@ fn ring_loop(mut ring: IoUring, rx: mpsc::Receiver<WriteReq>, wake: Arc<OwnedFd>
             debug!("io_uring writer exiting");
             return;
         }
-        // Queue writes while the submission queue has room.
-        while let Some(&idx) = pending.front() {
-            let req = slots[idx].as_ref().expect("pending slot");
-            let rest = &req.buf[req.done_len..];
-            let sqe = opcode::Write::new(types::Fd(req.fd.as_raw_fd()), rest.as_ptr(), rest.len() as u32)
+        // Queue writes, oldest first, while the submission queue has room and each file has
+        // fewer than MAX_INFLIGHT_PER_FILE in flight.
+        let mut i = 0;
+        while i < pending.len() {
+            let idx = pending[i];
+            let req = slots[idx].as_mut().expect("pending slot");
+            let fd = req.fd.as_raw_fd();
+            let busy = per_file.entry(fd).or_insert(0);
+            if *busy >= MAX_INFLIGHT_PER_FILE {
+                i += 1;
+                continue;
+            }
+            req.prepare();
+            let sqe = opcode::Writev::new(types::Fd(fd), req.iov.as_ptr(), req.iov.len() as u32)
                 .offset(req.offset + req.done_len as u64)
                 .build()
                 .user_data(idx as u64);
-            // SAFETY: the buffer lives in `slots` until its completion is reaped.
+            // SAFETY: the buffers and iovecs live in `slots` until the completion is reaped.
             if unsafe { ring.submission().push(&sqe) }.is_err() {
                 break;
             }
-            pending.pop_front();
+            *busy += 1;
+            pending.remove(i);
             inflight += 1;
         }
         if !wake_armed && !senders_gone {
@@ -199,6 +263,12 @@ fn ring_loop(mut ring: IoUring, rx: mpsc::Receiver<WriteReq>, wake: Arc<OwnedFd>
             inflight -= 1;
             let idx = token as usize;
             let mut req = slots[idx].take().expect("completed slot");
+            if let Some(busy) = per_file.get_mut(&req.fd.as_raw_fd()) {
+                *busy -= 1;
+                if *busy == 0 {
+                    per_file.remove(&req.fd.as_raw_fd());
+                }
+            }
             if res == -libc::EINTR || res == -libc::EAGAIN {
                 slots[idx] = Some(req);
                 pending.push_back(idx);
@@ -214,8 +284,8 @@ fn ring_loop(mut ring: IoUring, rx: mpsc::Receiver<WriteReq>, wake: Arc<OwnedFd>
                 free.push(idx);
                 continue;
             }
-            req.done_len = (req.done_len + res as usize).min(req.buf.len());
-            if req.done_len < req.buf.len() {
+            req.done_len = (req.done_len + res as usize).min(req.len);
+            if req.done_len < req.len {
                 slots[idx] = Some(req);
                 pending.push_back(idx);
             } else {
@@ -257,6 +327,62 @@ mod tests {
         let w = Writer::start();
         write_pattern(&w).await;
         write_pattern(&Writer::pwrite_only()).await;
+    }
+
+    /// Runs of buffers written as one vectored write land back to back; more writes to one
+    /// file than may be in flight at once all complete (the rest wait in the ring's queue).
+    async fn write_vectored_pattern(writer: &Writer) {
+        let file = tempfile::tempfile().unwrap();
+        let fd: Arc<OwnedFd> = Arc::new(file.try_clone().unwrap().into());
+        let mut tasks = Vec::new();
+        for run in 0..16u64 {
+            let bufs: Vec<AlignedBuf> = (0..4u64)
+                .map(|k| {
+                    let mut b = AlignedBuf::zeroed(4096 * (k as usize + 1));
+                    b.fill((run * 4 + k) as u8);
+                    b
+                })
+                .collect();
+            let (w, fd) = (writer.clone(), fd.clone());
+            tasks.push(tokio::spawn(async move { w.write_all_vectored_at(fd, bufs, run * 40960).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let mut back = vec![0u8; 16 * 40960];
+        file.read_exact_at(&mut back, 0).unwrap();
+        for run in 0..16usize {
+            let mut at = run * 40960;
+            for k in 0..4usize {
+                let len = 4096 * (k + 1);
+                assert!(back[at..at + len].iter().all(|&b| b == (run * 4 + k) as u8), "run {run} buffer {k}");
+                at += len;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vectored_writes_land_back_to_back() {
+        write_vectored_pattern(&Writer::start()).await;
+        write_vectored_pattern(&Writer::pwrite_only()).await;
+    }
+
+    /// After a short write the resubmission covers exactly the bytes not yet written.
+    #[test]
+    fn resubmission_starts_where_a_short_write_stopped() {
+        let (file, bufs) = (tempfile::tempfile().unwrap(), vec![AlignedBuf::zeroed(8192), AlignedBuf::zeroed(4096), AlignedBuf::zeroed(8192)]);
+        let bases: Vec<usize> = bufs.iter().map(|b| b.as_ptr() as usize).collect();
+        let (reply, _rx) = oneshot::channel();
+        let mut req = WriteReq { fd: Arc::new(file.into()), bufs, len: 20480, done_len: 0, offset: 0, iov: Vec::new(), reply };
+        let iov = |req: &WriteReq| req.iov.iter().map(|v| (v.iov_base as usize, v.iov_len)).collect::<Vec<_>>();
+        req.prepare();
+        assert_eq!(iov(&req), vec![(bases[0], 8192), (bases[1], 4096), (bases[2], 8192)]);
+        req.done_len = 8192 + 1024; // stopped inside the second buffer
+        req.prepare();
+        assert_eq!(iov(&req), vec![(bases[1] + 1024, 3072), (bases[2], 8192)]);
+        req.done_len = 12288; // exactly at the third
+        req.prepare();
+        assert_eq!(iov(&req), vec![(bases[2], 8192)]);
     }
 
     #[tokio::test]
