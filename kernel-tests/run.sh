@@ -30,7 +30,11 @@ default_work=/var/tmp/erofsd-ktest
 shm_free_kb=$(df --output=avail -k /dev/shm 2>/dev/null | tail -n 1 | tr -d ' ')
 if [ "${shm_free_kb:-0}" -ge $((8 * 1024 * 1024)) ] 2>/dev/null; then default_work=/dev/shm/erofsd-ktest; fi
 WORKROOT="${KTEST_WORK:-$default_work}"
-GUEST_TARGET="${KTEST_TARGET_DIR:-$CACHE/ktest-guest-bin-target}"
+# One target dir per checkout: cargo keys freshness by package path, and two checkouts sharing
+# one dir each found their own build fresh while `release/erofsd` held the other's binary (a
+# bench of one commit silently ran the other's daemon).
+checkout_key=$(printf '%s' "$(cd "$HERE/.." && pwd -P)" | sha256sum | cut -c1-12)
+GUEST_TARGET="${KTEST_TARGET_DIR:-$CACHE/ktest-guest-bin-target/$checkout_key}"
 RUST_TARGET=x86_64-unknown-linux-gnu
 
 die() { echo "run.sh: error: $*" >&2; exit 2; }
