@@ -144,11 +144,11 @@ impl Filler {
             return 0;
         }
         // From a free source a piece is CPU work (read, decode, CRC): pieces decode one per
-        // CPU, each giving its slot back before its write ([`CpuSlot`]). From a costly source a piece mostly waits on the network: all run at once. Either
-        // way each task takes the nearest piece still queued for this target (the reader needs
-        // it first), whichever request queued it. An on-demand fill of a queued piece's group
-        // does not wait for the queue: it claims the group itself, and the piece later finds it
-        // filled.
+        // CPU, each giving its slot back before its write ([`CpuSlot`]). From a costly source
+        // a piece mostly waits on the network: all run at once. Either way each task takes the
+        // nearest piece still queued for this target (the reader needs it first), whichever
+        // request queued it. An on-demand fill of a queued piece's group does not wait for the
+        // queue: it claims the group itself, and the piece later finds it filled.
         let cpu_slots = (target.blob.source.request_overhead() == 0).then(|| self.read_ahead_slots.clone());
         state.queued.lock().expect("read-ahead queue").extend(pieces.into_iter().map(Reverse));
         for _ in 0..started {

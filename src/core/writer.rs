@@ -1,7 +1,9 @@
 //! Writes filled ranges into their targets (a cachefiles anon fd or a sparse cache file).
 //!
 //! One io_uring, owned by one thread, takes every write: fills from many concurrent fetches are
-//! batched into one `io_uring_enter` instead of one `pwrite` syscall each. Callers await a
+//! batched into one `io_uring_enter` instead of one `pwrite` syscall each. A write may be
+//! vectored (a run of groups in one write), and each file has at most
+//! `MAX_INFLIGHT_PER_FILE` writes in flight; the rest wait in the thread's queue. Callers await a
 //! oneshot. An eventfd read kept armed in the ring wakes the thread when new work is queued while
 //! it waits for completions. Where io_uring is unavailable (old kernel, `io_uring_disabled`
 //! sysctl, seccomp), writes fall back to `pwrite` on the blocking pool: same results, more
