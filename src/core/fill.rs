@@ -168,7 +168,6 @@ pub struct Filler {
 /// A read-ahead piece's CPU slot ([`Filler::read_ahead_slots`]) while the piece is filled,
 /// given back as soon as its groups are decoded: the write that follows (direct I/O for a
 /// cachefiles object) waits on the disk, not on a CPU, and the next piece can decode meanwhile.
-/// Holding the slot through the write left the guest's CPUs half idle in a cold pass.
 #[derive(Clone, Default)]
 pub(super) struct CpuSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
