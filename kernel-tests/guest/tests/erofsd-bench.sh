@@ -37,9 +37,17 @@ done
 mount -t erofs -o "$opts" "$lb" /mnt/bn-native || fail "native mount failed"
 
 start_daemon
+# Every cold pass starts from the same disk: the cache files of earlier passes that are no
+# longer mounted are evicted first. Without that the data disk filled pass by pass (to about
+# 90 % by round 5), and the daemon's writes, which allocate on ext4 under the inode lock the
+# reader's reads also take, got slower with it: in every boot rounds 3-5 were slower than
+# rounds 1-2 (up to 1.6x) while native did not slow down, and evicting between rounds made
+# the rounds even (docs/cachefiles.md, session 11).
+evict_unused() { erofsd cache gc --max-size 0 --api-socket "$ERO_SOCK" >/dev/null || fail "cache gc failed"; }
 # One cold erofsd pass over image $1 mounted at $2 with fsid $3: appends its seconds to
 # the variable named $4 and its CPU (guest busy / daemon user+sys) to cpu_all.
 cold_pass() {
+    evict_unused
     ero mount "$1" "$2" --fsid "$3" || fail "erofsd mount of $1 failed"
     before=$(metric reads); before_bytes=$(metric read_bytes); before_pref=$(metric prefetches)
     drop_caches
@@ -83,6 +91,7 @@ warm_reads=$(( $(metric reads) - before_warm ))
 p50=$(latency p50); p90=$(latency p90); p99=$(latency p99); pmax=$(latency max)
 # The same tree with uncompressed groups (what decompression costs under TCG).
 mkdir -p /mnt/bn-plain
+evict_unused
 ero mount "$ERO_IN/$img-plain" /mnt/bn-plain --fsid bench-plain || fail "erofsd mount of the uncompressed image failed"
 drop_caches
 p_cold=$(ktest-tree readall /mnt/bn-plain | tee -a "$KTEST_OUT/bench.txt" | secs)
