@@ -376,22 +376,21 @@ impl Filler {
     /// read-ahead piece: one write, not eight), and all of a span's writes go to the ring at
     /// once.
     async fn write_through_ring(&self, target: &Arc<Target>, bufs: Vec<(u32, AlignedBuf)>) -> Result<Vec<(u32, std::io::Result<()>)>, FetchError> {
-        let map = &target.blob.map;
-        let mut runs: Vec<(Vec<u32>, Vec<AlignedBuf>)> = Vec::new();
+        // Runs of consecutive groups (consecutive groups are adjacent in the address space),
+        // each as (first group, its buffers).
+        let mut runs: Vec<(u32, Vec<AlignedBuf>)> = Vec::new();
         for (g, buf) in bufs {
             match runs.last_mut() {
-                Some((gs, bs)) if bs.len() < MAX_IOVECS && map.group_range(gs[gs.len() - 1]).end == map.group_range(g).start => {
-                    gs.push(g);
-                    bs.push(buf);
-                }
-                _ => runs.push((vec![g], vec![buf])),
+                Some((first, bs)) if bs.len() < MAX_IOVECS && *first + bs.len() as u32 == g => bs.push(buf),
+                _ => runs.push((g, vec![buf])),
             }
         }
-        let writes = runs.into_iter().map(|(groups, bufs)| {
-            let write = self.writer.write_all_vectored_at(target.fd.clone(), bufs, map.group_range(groups[0]).start);
+        let writes = runs.into_iter().map(|(first, bufs)| {
+            let groups = first..first + bufs.len() as u32;
+            let write = self.writer.write_all_vectored_at(target.fd.clone(), bufs, target.blob.map.group_range(first).start);
             async move {
                 let result = write.await;
-                groups.into_iter().map(|g| (g, result.as_ref().map(|_| ()).map_err(same_error))).collect::<Vec<_>>()
+                groups.map(|g| (g, result.as_ref().map(|_| ()).map_err(same_error))).collect::<Vec<_>>()
             }
         });
         Ok(futures_util::future::join_all(writes).await.into_iter().flatten().collect())
