@@ -25,6 +25,7 @@ use erofs::blob::GroupMap;
 
 use super::aligned::AlignedBuf;
 use super::blob::{Blob, FetchError};
+use super::idle_threads::IdleThreads;
 use super::source::MAX_RANGE;
 use super::readahead::ReadAheadState;
 use super::readiness::Readiness;
@@ -163,6 +164,9 @@ pub struct Filler {
     /// ([`Filler::read_ahead`] queues them nearest first). A piece holds its slot until it is
     /// decoded, not through its write ([`CpuSlot`]).
     pub(super) read_ahead_slots: Arc<Semaphore>,
+    /// Where read-ahead pieces of [`WritePath::OnFillThread`] targets from local blobs run: at
+    /// idle CPU priority, one thread per read-ahead slot.
+    idle: Arc<IdleThreads>,
 }
 
 /// A read-ahead piece's CPU slot ([`Filler::read_ahead_slots`]) while the piece is filled,
@@ -191,11 +195,13 @@ pub enum Origin {
 
 impl Filler {
     pub fn new(writer: Writer, max_concurrent_fetches: usize) -> Filler {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Filler {
             writer,
             fetch_slots: Arc::new(Semaphore::new(max_concurrent_fetches.max(1))),
             demand_waiting: Default::default(),
-            read_ahead_slots: Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
+            read_ahead_slots: Arc::new(Semaphore::new(cpus)),
+            idle: Arc::new(IdleThreads::new(cpus)),
         }
     }
 
@@ -245,7 +251,7 @@ impl Filler {
             slot.release(); // only waiting from here on
         } else {
             let this = self.clone();
-            let work = tokio::spawn(async move { this.fetch_claimed(claims, slot).await });
+            let work = tokio::spawn(async move { this.fetch_claimed(claims, origin, slot).await });
             match work.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => first_error = Some(e.to_string()),
@@ -273,7 +279,7 @@ impl Filler {
 
     /// Fetches the claimed groups, one source request per planned span, concurrently, and
     /// writes the wanted groups.
-    async fn fetch_claimed(&self, mut claims: Claims, slot: CpuSlot) -> Result<(), FetchError> {
+    async fn fetch_claimed(&self, mut claims: Claims, origin: Origin, slot: CpuSlot) -> Result<(), FetchError> {
         let target = claims.target.clone();
         let mut wanted: Vec<u32> = claims.groups.iter().map(|(g, _)| *g).collect();
         wanted.sort_unstable();
@@ -283,13 +289,13 @@ impl Filler {
         // run concurrently, each in its own.
         let outcomes = if spans.len() == 1 {
             let span = spans.into_iter().next().expect("one span");
-            vec![Ok(self.fetch_and_write(&target, span, slot).await)]
+            vec![Ok(self.fetch_and_write(&target, span, origin, slot).await)]
         } else {
             let tasks: Vec<_> = spans
                 .into_iter()
                 .map(|span| {
                     let (this, target, slot) = (self.clone(), target.clone(), slot.clone());
-                    tokio::spawn(async move { this.fetch_and_write(&target, span, slot).await })
+                    tokio::spawn(async move { this.fetch_and_write(&target, span, origin, slot).await })
                 })
                 .collect();
             let mut outcomes = Vec::with_capacity(tasks.len());
@@ -342,19 +348,23 @@ impl Filler {
     /// One planned request: fetch the span, decode the wanted groups and write each into the
     /// target. Returns each written group with its write result. `slot` is released once the
     /// span is decoded.
-    async fn fetch_and_write(&self, target: &Arc<Target>, span: Span, slot: CpuSlot) -> Result<Vec<(u32, std::io::Result<()>)>, FetchError> {
+    async fn fetch_and_write(&self, target: &Arc<Target>, span: Span, origin: Origin, slot: CpuSlot) -> Result<Vec<(u32, std::io::Result<()>)>, FetchError> {
         let _slot = self.demand_slot().await;
         let (first, last) = (span.first, span.last);
         let wanted: Arc<dyn Fn(u32) -> bool + Send + Sync> = Arc::new(move |g| span.wants(g));
         if target.write_path == WritePath::OnFillThread {
-            // Read, decode and write on one blocking thread (local sources only).
+            // Read, decode and write on one thread (local sources only): read-ahead from a
+            // free source on an idle-priority thread, anything else on the blocking pool.
             let (t, w) = (target.clone(), wanted.clone());
-            let done = tokio::task::spawn_blocking(move || {
+            let job = move || {
                 let bufs = t.blob.fetch_span_blocking(first, last, &*w)?;
                 Some(bufs.map(|bufs| bufs.into_iter().map(|(g, buf)| (g, pwrite_all(&t.fd, &buf, t.blob.map.group_range(g).start))).collect()))
-            })
-            .await
-            .map_err(|e| FetchError::Other(format!("fill task failed: {e}")))?;
+            };
+            let done = if origin == Origin::ReadAhead && target.blob.source.request_overhead() == 0 {
+                self.idle.run(job).await.map_err(|e| FetchError::Other(format!("fill task failed: {e}")))?
+            } else {
+                tokio::task::spawn_blocking(job).await.map_err(|e| FetchError::Other(format!("fill task failed: {e}")))?
+            };
             slot.release();
             match done {
                 Some(results) => return results,
@@ -563,7 +573,7 @@ mod read_ahead_tests {
     use crate::core::source::{LocalDirSource, SharedSource};
     use std::sync::atomic::Ordering;
 
-    const POLICY: ReadAheadPolicy = ReadAheadPolicy { window: 128 << 10, piece: 64 << 10, slack: 64 << 10, require_filled_behind: false };
+    const POLICY: ReadAheadPolicy = ReadAheadPolicy { window: 128 << 10, ramp: 0, piece: 64 << 10, slack: 64 << 10, require_filled_behind: false };
 
     /// A 4-group (64 KiB each) blob in `dir` read through `source(dir)`, with its sparse target.
     fn setup(dir: &std::path::Path, source: impl FnOnce(&std::path::Path) -> SharedSource) -> (Arc<Blob>, Arc<Target>, Filler) {
@@ -636,7 +646,7 @@ mod read_ahead_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn free_source_pieces_queue_nearest_first_and_a_caught_up_reader_extends_the_window() {
         const GS: u64 = 64 << 10;
-        let policy = ReadAheadPolicy { window: 8 * GS, piece: GS, slack: GS, require_filled_behind: false };
+        let policy = ReadAheadPolicy { window: 8 * GS, ramp: 0, piece: GS, slack: GS, require_filled_behind: false };
         let dir = tempfile::tempdir().unwrap();
         let rec = store(dir.path(), &address_space(256)); // 16 groups
         let source = Arc::new(Costly::new(dir.path(), 0));
@@ -669,6 +679,39 @@ mod read_ahead_tests {
         let reads = source.reads.lock().unwrap().clone();
         let want: Vec<u64> = (1..=11).map(|g| blob.map.stored_range(g).start).collect();
         assert_eq!(reads, want, "one piece at a time, nearest first");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn from_a_free_source_a_ramped_window_grows_with_the_streak() {
+        const GS: u64 = 64 << 10;
+        let policy = ReadAheadPolicy { window: 2 * GS, ramp: 2, piece: GS, slack: GS, require_filled_behind: false };
+        let dir = tempfile::tempdir().unwrap();
+        let rec = store(dir.path(), &address_space(256)); // 16 groups
+        let source = Arc::new(Costly::new(dir.path(), 0));
+        let shared: SharedSource = source.clone();
+        let blob = Blob::new(rec, shared).unwrap();
+        let (target, _file) = sparse_target(dir.path(), &blob);
+        let filler = Filler::new(Writer::start(), 8);
+        let rt = tokio::runtime::Handle::current();
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);
+        // Streak 8 KiB: 2x of it is under the 2-group floor, so groups 1 and 2.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 4096, 4096, || {}), 2, "groups 1..=2");
+        // Streak 0..4 groups: 2x is 8 groups ahead, to the end of group 11; 1 and 2 are
+        // skipped as claimed, 4..=11 are new.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 8192, 4 * GS - 8192, || {}), 8, "groups 4..=11");
+        // Streak 0..5 groups: 10 groups ahead, to the end of group 14; only 12..=14 are new.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 4 * GS, GS, || {}), 3, "groups 12..=14");
+        // Streak 0..6 groups: the window reaches past the end of the blob; group 15 is new.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 5 * GS, GS, || {}), 1, "group 15");
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 6 * GS, GS, || {}), 0, "all claimed");
+        for _ in 0..300 {
+            if target.readiness().ready_count() == 14 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let filled: Vec<u32> = (0..16).filter(|&g| target.readiness().is_ready(g as usize)).collect();
+        assert_eq!(filled, [1, 2].into_iter().chain(4..16).collect::<Vec<u32>>(), "what read-ahead claimed, nothing else");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

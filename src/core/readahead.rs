@@ -17,7 +17,9 @@
 //! neighbouring files, or a few pages of a library, gets little. Against a registry, fixed large
 //! windows tripled the bytes fetched for a `python3 -c 'import json'` startup
 //! (scripts/bench-registry.sh). From local blobs the full window applies at once: bytes are
-//! cheap there, and a cold sequential reader should not pay a ramp.
+//! cheap there, and a cold sequential reader should not pay a ramp. A policy may also let the
+//! window from local blobs grow with the streak (`ramp`): fanotify does, since its reader pays
+//! an event round trip per read until the whole blob is filled and its mark removed.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -32,6 +34,10 @@ use super::readiness::Readiness;
 pub struct ReadAheadPolicy {
     /// Bytes after the request to have in flight.
     pub window: u64,
+    /// From a free source, the window grows to this many times the reader's current streak
+    /// (0: it stays `window`). A reader that has streamed N bytes gets up to `ramp` x N filled
+    /// ahead of it, so the bytes filled and never read stay a bounded multiple of those read.
+    pub ramp: u64,
     /// Each background fill covers this much (at least one group): the unit of parallelism.
     pub piece: u64,
     /// A request starting within this distance (at least one group) of the previous request's
@@ -123,8 +129,17 @@ impl Filler {
         // Concurrent readers of one target race on these two atomics; the worst outcome is a
         // window computed from the other reader's streak, which only changes how far ahead.
         let streak = end.saturating_sub(state.streak_start.load(Ordering::Relaxed));
-        let window = if target.blob.source.request_overhead() > 0 { policy.window.min(streak / 2) } else { policy.window };
+        let window = if target.blob.source.request_overhead() > 0 {
+            policy.window.min(streak / 2)
+        } else {
+            policy.window.max(streak.saturating_mul(policy.ramp))
+        };
         let stop = end.saturating_add(window).min(size);
+        // Whole pieces already claimed are skipped a bitmap word at a time: with a ramped
+        // window most of it was claimed by earlier requests of the same stream, and this runs
+        // on the front-end's event thread for every request.
+        let unclaimed = (state.requested.first_unready_from((at / gs) as usize) as u64 * gs).min(stop);
+        at += (unclaimed.saturating_sub(at) / piece) * piece;
         let mut pieces = Vec::new();
         while at < stop {
             let first = (at / gs) as usize;
@@ -168,23 +183,29 @@ impl Filler {
             });
         }
         if cpu_slots.is_some() {
-            self.hint_stored_ahead(rt, target, state, end);
+            self.hint_stored_ahead(rt, target, state, end, stop);
         }
         started
     }
 
-    /// Tells the source the stored bytes after uncompressed offset `end` will be read soon, when
-    /// the previous hint is half used up.
-    fn hint_stored_ahead(&self, rt: &tokio::runtime::Handle, target: &Arc<Target>, state: &ReadAheadState, end: u64) {
+    /// Tells the source the stored bytes after uncompressed offset `end` will be read soon: at
+    /// least [`STORED_HINT`] of them, and all of the read-ahead window up to `window_end` (a
+    /// ramped window runs far ahead of the reader, and its pieces would otherwise each wait for
+    /// their own disk read), when the previous hint is half used up or the window has grown
+    /// past it.
+    fn hint_stored_ahead(&self, rt: &tokio::runtime::Handle, target: &Arc<Target>, state: &ReadAheadState, end: u64, window_end: u64) {
         let map = &target.blob.map;
-        let g = (end / map.group_size()).min(map.group_count().saturating_sub(1) as u64) as u32;
-        let from = map.stored_range(g).start;
+        let last = map.group_count().saturating_sub(1) as u64;
+        let from = map.stored_range((end / map.group_size()).min(last) as u32).start;
+        let window_stored_end = map.stored_range((window_end.saturating_sub(1) / map.group_size()).min(last) as u32).end;
         let hinted = state.hinted_until.load(Ordering::Relaxed);
-        if hinted >= from + STORED_HINT / 2 {
+        if hinted >= from + STORED_HINT / 2 && hinted >= window_stored_end {
             return;
         }
         let start = hinted.max(from);
-        let stop = from + STORED_HINT;
+        // Past the window by half a hint, so a growing window renews it every few MiB, not on
+        // every request.
+        let stop = (from + STORED_HINT).max(window_stored_end + STORED_HINT / 2);
         if state.hinted_until.compare_exchange(hinted, stop, Ordering::Relaxed, Ordering::Relaxed).is_err() {
             return; // a concurrent reader of this target just did it
         }

@@ -43,6 +43,20 @@ impl Readiness {
         newly
     }
 
+    /// The first group at or after `from` that is not ready (`groups()` if there is none): a
+    /// word at a time, so skipping a long run of ready groups stays cheap.
+    pub fn first_unready_from(&self, from: usize) -> usize {
+        let mut g = from;
+        while g < self.groups {
+            let free = !self.words[g / 64].load(Ordering::Acquire) >> (g % 64);
+            if free != 0 {
+                return (g + free.trailing_zeros() as usize).min(self.groups);
+            }
+            g = (g / 64 + 1) * 64;
+        }
+        self.groups
+    }
+
     pub fn all_ready(&self, first: usize, last: usize) -> bool {
         (first..=last).all(|g| self.is_ready(g))
     }
@@ -115,6 +129,25 @@ mod tests {
             r.set_ready(g);
         }
         assert!(r.is_complete());
+    }
+
+    #[test]
+    fn first_unready_skips_whole_words() {
+        let r = Readiness::new(200);
+        assert_eq!(r.first_unready_from(0), 0);
+        for g in 0..150 {
+            r.set_ready(g);
+        }
+        assert_eq!(r.first_unready_from(0), 150);
+        assert_eq!(r.first_unready_from(64), 150);
+        assert_eq!(r.first_unready_from(170), 170);
+        r.set_ready(151);
+        assert_eq!(r.first_unready_from(151), 152);
+        for g in 150..200 {
+            r.set_ready(g);
+        }
+        assert_eq!(r.first_unready_from(3), 200, "none left: the group count");
+        assert_eq!(r.first_unready_from(250), 200, "past the end");
     }
 
     #[test]

@@ -177,7 +177,7 @@ async fn serve_read(shared: &Arc<Shared>, obj: &Arc<Object>, r: ReadRequest) -> 
 /// (128 KiB by default) per READ and waits for each; 16 MiB ahead in 2 MiB pieces (each its own
 /// fetch and decode, so decoding uses every CPU while the reader waits) measured best in the
 /// guest benchmark: 2.3x -> 1.6x native for a cold full read; 32 MiB in 4 MiB pieces was worse.
-const READ_AHEAD: ReadAheadPolicy = ReadAheadPolicy { window: 16 << 20, piece: 2 << 20, slack: 1 << 20, require_filled_behind: false };
+const READ_AHEAD: ReadAheadPolicy = ReadAheadPolicy { window: 16 << 20, ramp: 0, piece: 2 << 20, slack: 1 << 20, require_filled_behind: false };
 
 fn maybe_prefetch(shared: &Arc<Shared>, target: &Arc<Target>, r: ReadRequest) {
     let started = shared.filler.read_ahead(&shared.rt, target, &READ_AHEAD, r.off, r.len, || {});
