@@ -25,7 +25,7 @@ use erofs::blob::GroupMap;
 
 use super::aligned::AlignedBuf;
 use super::blob::{Blob, FetchError};
-use super::idle_threads::IdleThreads;
+use super::background::BackgroundThreads;
 use super::source::MAX_RANGE;
 use super::readahead::ReadAheadState;
 use super::readiness::Readiness;
@@ -165,8 +165,8 @@ pub struct Filler {
     /// decoded, not through its write ([`CpuSlot`]).
     pub(super) read_ahead_slots: Arc<Semaphore>,
     /// Where read-ahead pieces of [`WritePath::OnFillThread`] targets from local blobs run: at
-    /// idle CPU priority, one thread per read-ahead slot.
-    idle: Arc<IdleThreads>,
+    /// the lowest CPU priority, one thread per read-ahead slot.
+    background: Arc<BackgroundThreads>,
 }
 
 /// A read-ahead piece's CPU slot ([`Filler::read_ahead_slots`]) while the piece is filled,
@@ -201,7 +201,7 @@ impl Filler {
             fetch_slots: Arc::new(Semaphore::new(max_concurrent_fetches.max(1))),
             demand_waiting: Default::default(),
             read_ahead_slots: Arc::new(Semaphore::new(cpus)),
-            idle: Arc::new(IdleThreads::new(cpus)),
+            background: Arc::new(BackgroundThreads::new(cpus)),
         }
     }
 
@@ -354,14 +354,14 @@ impl Filler {
         let wanted: Arc<dyn Fn(u32) -> bool + Send + Sync> = Arc::new(move |g| span.wants(g));
         if target.write_path == WritePath::OnFillThread {
             // Read, decode and write on one thread (local sources only): read-ahead from a
-            // free source on an idle-priority thread, anything else on the blocking pool.
+            // free source on a low-priority thread, anything else on the blocking pool.
             let (t, w) = (target.clone(), wanted.clone());
             let job = move || {
                 let bufs = t.blob.fetch_span_blocking(first, last, &*w)?;
                 Some(bufs.map(|bufs| bufs.into_iter().map(|(g, buf)| (g, pwrite_all(&t.fd, &buf, t.blob.map.group_range(g).start))).collect()))
             };
             let done = if origin == Origin::ReadAhead && target.blob.source.request_overhead() == 0 {
-                self.idle.run(job).await.map_err(|e| FetchError::Other(format!("fill task failed: {e}")))?
+                self.background.run(job).await.map_err(|e| FetchError::Other(format!("fill task failed: {e}")))?
             } else {
                 tokio::task::spawn_blocking(job).await.map_err(|e| FetchError::Other(format!("fill task failed: {e}")))?
             };

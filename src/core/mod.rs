@@ -7,7 +7,7 @@
 //! * [`images`] — loaded images and the blobs they share;
 //! * [`fill`] — make a range of a target hold verified data, single-flight per group;
 //! * [`readahead`] — background fills ahead of sequential readers;
-//! * [`idle_threads`] — idle-priority threads for read-ahead that decodes and writes in one go;
+//! * [`background`] — low-priority threads for read-ahead that decodes and writes in one go;
 //! * [`prefetch`] — background fills of a recorded trace or whole blobs, behind demand;
 //! * [`trace`] — the order groups were first needed, recorded per target, saved per image;
 //! * [`readiness`] — which groups a target already holds, rebuilt from the file itself;
@@ -16,9 +16,9 @@
 //! * [`zran`] — decoding nydus zran chunks (resumed inflate of an original gzip layer).
 
 pub mod aligned;
+pub mod background;
 pub mod blob;
 pub mod fill;
-pub mod idle_threads;
 pub mod images;
 pub mod prefetch;
 pub mod readahead;

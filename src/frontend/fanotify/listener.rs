@@ -28,8 +28,8 @@ const READ_BUF: usize = 64 * 1024;
 /// blobs the window grows to 4x the reader's streak: every read of a marked file costs the
 /// reader an event round trip (about 20 us, some 5,000 per cold pass of a rootfs) until the
 /// blob is complete and its mark removed, so a reader that streams through a blob gains most
-/// from the blob being completed early. Those pieces run at idle CPU priority on the fill
-/// threads ([`crate::core::fill`]), so they never delay the reader itself. (docs/fanotify.md,
+/// from the blob being completed early. Those pieces run at the lowest CPU priority
+/// ([`crate::core::background`]), so they do not delay the reader itself. (docs/fanotify.md,
 /// session 12: the cold full read 0.95-1.06 s -> 0.69-0.92 s in the same hour.)
 pub const READ_AHEAD: ReadAheadPolicy = ReadAheadPolicy { window: 4 << 20, ramp: 4, piece: 0, slack: 0, require_filled_behind: true };
 /// Events one read() can return beyond the last fd the journal saw (sweep margin).

@@ -1,15 +1,17 @@
-//! Threads at idle CPU priority (`SCHED_IDLE`) for speculative fills.
+//! Threads at the lowest CPU priority (nice 19) for speculative fills.
 //!
 //! Read-ahead pieces from local blobs that are read, decoded and written on one thread
-//! (fanotify's sparse cache files, [`super::fill::WritePath::OnFillThread`]) run here. The
-//! scheduler preempts an idle-policy thread as soon as any normal thread wakes up on its CPU, so
-//! the reader, and the event thread that answers it, never wait behind read-ahead: it uses only
-//! CPU time nobody else wants. On a busy machine read-ahead slows down and the reader's own
-//! on-demand fills, at normal priority on the blocking pool, take over.
+//! (fanotify's sparse cache files, [`super::fill::WritePath::OnFillThread`]) run here. A reader
+//! that wakes up, and the event thread that answers it, then preempt read-ahead at once instead
+//! of queueing behind it: traced over one cold pass (docs/fanotify.md, session 12), the reader
+//! waited 56-85 ms in all for a CPU, against 134-161 ms with read-ahead at normal priority. On a
+//! busy machine read-ahead slows down, and the reader's own on-demand fills, at normal priority
+//! on the blocking pool, take over.
 //!
-//! Dedicated threads rather than a priority change around each job: a thread that leaves
-//! `SCHED_IDLE` needs `CAP_SYS_NICE` (or an `RLIMIT_NICE` allowance), and one that could not
-//! would go on running on-demand fills at idle priority.
+//! Nice 19 rather than `SCHED_IDLE`: a reader that reaches a group a read-ahead piece is filling
+//! waits for that piece, and under full load an idle-policy thread gets about a fifth of the
+//! CPU share a nice-19 one gets. Dedicated threads rather than a priority change around each
+//! job: only `CAP_SYS_NICE` may lower a thread's nice value again.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -19,9 +21,9 @@ use tracing::warn;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A fixed set of idle-priority threads, started on first use; they exit when the set is
+/// A fixed set of low-priority threads, started on first use; they exit when the set is
 /// dropped.
-pub struct IdleThreads {
+pub struct BackgroundThreads {
     threads: usize,
     jobs: OnceLock<mpsc::Sender<Job>>,
 }
@@ -32,13 +34,13 @@ pub struct JobLost;
 
 impl std::fmt::Display for JobLost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the idle-priority fill thread's job panicked")
+        f.write_str("the background fill thread's job panicked")
     }
 }
 
-impl IdleThreads {
-    pub fn new(threads: usize) -> IdleThreads {
-        IdleThreads { threads: threads.max(1), jobs: OnceLock::new() }
+impl BackgroundThreads {
+    pub fn new(threads: usize) -> BackgroundThreads {
+        BackgroundThreads { threads: threads.max(1), jobs: OnceLock::new() }
     }
 
     /// Runs `job` on one of the threads; resolves to its result.
@@ -58,8 +60,8 @@ impl IdleThreads {
             let rx = Arc::new(Mutex::new(rx));
             for i in 0..self.threads {
                 let rx = rx.clone();
-                let spawned = std::thread::Builder::new().name(format!("erofsd-idle-{i}")).spawn(move || {
-                    set_idle_policy();
+                let spawned = std::thread::Builder::new().name(format!("erofsd-bg-{i}")).spawn(move || {
+                    lower_priority();
                     loop {
                         // The lock is held only while waiting for the next job.
                         let job = match rx.lock().expect("idle job queue").recv() {
@@ -72,7 +74,7 @@ impl IdleThreads {
                     }
                 });
                 if let Err(e) = spawned {
-                    warn!("starting idle-priority fill thread {i}: {e}");
+                    warn!("starting background fill thread {i}: {e}");
                 }
             }
             tx
@@ -80,13 +82,12 @@ impl IdleThreads {
     }
 }
 
-/// Puts the calling thread under `SCHED_IDLE`; if that is refused it stays at normal priority
+/// Lowers the calling thread to nice 19; if that is refused it stays at normal priority
 /// (read-ahead then only competes with the reader, as it did before).
-fn set_idle_policy() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        warn!("SCHED_IDLE for a read-ahead thread: {}", std::io::Error::last_os_error());
+fn lower_priority() {
+    // SAFETY: setpriority on our own thread id.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) } != 0 {
+        warn!("nice 19 for a read-ahead thread: {}", std::io::Error::last_os_error());
     }
 }
 
@@ -95,11 +96,11 @@ mod tests {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn jobs_run_under_sched_idle_and_a_panic_loses_only_its_job() {
-        let pool = IdleThreads::new(2);
-        // SAFETY: sched_getscheduler on the calling thread.
-        let policy = pool.run(|| unsafe { libc::sched_getscheduler(0) }).await.unwrap();
-        assert_eq!(policy, libc::SCHED_IDLE);
+    async fn jobs_run_at_nice_19_and_a_panic_loses_only_its_job() {
+        let pool = BackgroundThreads::new(2);
+        // SAFETY: getpriority of the calling thread.
+        let nice = pool.run(|| unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }).await.unwrap();
+        assert_eq!(nice, 19);
         assert!(pool.run(|| panic!("boom")).await.is_err());
         let results: Vec<u32> = futures_util::future::join_all((0..8u32).map(|i| pool.run(move || i * 2)))
             .await
