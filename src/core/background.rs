@@ -28,13 +28,13 @@ pub struct BackgroundThreads {
     jobs: OnceLock<mpsc::Sender<Job>>,
 }
 
-/// The job did not run to completion (it panicked).
+/// The job did not run to completion: it panicked, or no background thread could be started.
 #[derive(Debug)]
 pub struct JobLost;
 
 impl std::fmt::Display for JobLost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the background fill thread's job panicked")
+        f.write_str("the background fill job was lost (it panicked, or no background thread runs)")
     }
 }
 
@@ -64,7 +64,7 @@ impl BackgroundThreads {
                     lower_priority();
                     loop {
                         // The lock is held only while waiting for the next job.
-                        let job = match rx.lock().expect("idle job queue").recv() {
+                        let job = match rx.lock().expect("background job queue").recv() {
                             Ok(job) => job,
                             Err(_) => return, // the set was dropped
                         };
