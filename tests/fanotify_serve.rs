@@ -115,7 +115,7 @@ fn fanotify_concurrent_readers_mark_removal_and_restart_keeps_data() {
     let half: Vec<_> = files.iter().filter(small).step_by(2).cloned().collect();
     assert!(half.len() >= 10, "the alltypes fixture has its small data files");
 
-    // Phase 1: read half the files, then restart the daemon.
+    // Phase 1: read those files, then restart the daemon.
     let mut d = Daemon::start(s.path(), false);
     let mnt = MountDir::new(s.path(), "mnt");
     d.mount(&img, &mnt.0);
