@@ -577,20 +577,30 @@ mod read_ahead_tests {
 
     /// A 4-group (64 KiB each) blob in `dir` read through `source(dir)`, with its sparse target.
     fn setup(dir: &std::path::Path, source: impl FnOnce(&std::path::Path) -> SharedSource) -> (Arc<Blob>, Arc<Target>, Filler) {
-        let rec = store(dir, &address_space(64));
+        setup_pages(dir, 64, source)
+    }
+
+    /// [`setup`] with an address space of `pages` 4 KiB pages (16 per group).
+    fn setup_pages(dir: &std::path::Path, pages: usize, source: impl FnOnce(&std::path::Path) -> SharedSource) -> (Arc<Blob>, Arc<Target>, Filler) {
+        let rec = store(dir, &address_space(pages));
         let blob = Blob::new(rec, source(dir)).unwrap();
         let (target, _file) = sparse_target(dir, &blob);
         (blob, target, Filler::new(Writer::start(), 8))
     }
 
-    /// Waits for the background fills, then checks exactly groups 1 and 2 are filled.
-    async fn expect_groups_1_and_2(target: &Target) {
-        for _ in 0..200 {
-            if target.readiness().ready_count() == 2 {
+    /// Waits (up to 3 s) for background fills to make `groups` groups of `target` ready.
+    async fn wait_ready(target: &Target, groups: usize) {
+        for _ in 0..300 {
+            if target.readiness().ready_count() == groups {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    /// Waits for the background fills, then checks exactly groups 1 and 2 are filled.
+    async fn expect_groups_1_and_2(target: &Target) {
+        wait_ready(target, 2).await;
         assert!(target.readiness().is_ready(1) && target.readiness().is_ready(2));
         assert!(!target.readiness().is_ready(0) && !target.readiness().is_ready(3));
     }
@@ -648,12 +658,9 @@ mod read_ahead_tests {
         const GS: u64 = 64 << 10;
         let policy = ReadAheadPolicy { window: 8 * GS, ramp: 0, piece: GS, slack: GS, require_filled_behind: false };
         let dir = tempfile::tempdir().unwrap();
-        let rec = store(dir.path(), &address_space(256)); // 16 groups
         let source = Arc::new(Costly::new(dir.path(), 0));
         let shared: SharedSource = source.clone();
-        let blob = Blob::new(rec, shared).unwrap();
-        let (target, _file) = sparse_target(dir.path(), &blob);
-        let mut filler = Filler::new(Writer::start(), 8);
+        let (blob, target, mut filler) = setup_pages(dir.path(), 256, |_| shared); // 16 groups
         filler.read_ahead_slots = Arc::new(tokio::sync::Semaphore::new(1));
         let hold = filler.read_ahead_slots.clone().try_acquire_owned().unwrap();
         let rt = tokio::runtime::Handle::current();
@@ -669,12 +676,7 @@ mod read_ahead_tests {
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 14 * GS, 4096, || {}), 0);
 
         drop(hold);
-        for _ in 0..300 {
-            if target.readiness().ready_count() == 11 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        wait_ready(&target, 11).await;
         assert!((1..=11).all(|g| target.readiness().is_ready(g)), "groups 1..=11 filled");
         let reads = source.reads.lock().unwrap().clone();
         let want: Vec<u64> = (1..=11).map(|g| blob.map.stored_range(g).start).collect();
@@ -686,12 +688,7 @@ mod read_ahead_tests {
         const GS: u64 = 64 << 10;
         let policy = ReadAheadPolicy { window: 2 * GS, ramp: 2, piece: GS, slack: GS, require_filled_behind: false };
         let dir = tempfile::tempdir().unwrap();
-        let rec = store(dir.path(), &address_space(256)); // 16 groups
-        let source = Arc::new(Costly::new(dir.path(), 0));
-        let shared: SharedSource = source.clone();
-        let blob = Blob::new(rec, shared).unwrap();
-        let (target, _file) = sparse_target(dir.path(), &blob);
-        let filler = Filler::new(Writer::start(), 8);
+        let (_blob, target, filler) = setup_pages(dir.path(), 256, |d| Arc::new(Costly::new(d, 0))); // 16 groups
         let rt = tokio::runtime::Handle::current();
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);
         // Streak 8 KiB: 2x of it is under the 2-group floor, so groups 1 and 2.
@@ -704,12 +701,7 @@ mod read_ahead_tests {
         // Streak 0..6 groups: the window reaches past the end of the blob; group 15 is new.
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 5 * GS, GS, || {}), 1, "group 15");
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 6 * GS, GS, || {}), 0, "all claimed");
-        for _ in 0..300 {
-            if target.readiness().ready_count() == 14 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        wait_ready(&target, 14).await;
         let filled: Vec<u32> = (0..16).filter(|&g| target.readiness().is_ready(g as usize)).collect();
         assert_eq!(filled, [1, 2].into_iter().chain(4..16).collect::<Vec<u32>>(), "what read-ahead claimed, nothing else");
     }
