@@ -16,6 +16,11 @@
 # Images with the same blob id share one Blob in the daemon (content addressing), so tests never
 # mount a damaged copy next to its intact original.
 #   missing/    gen/'s bootstrap with no blobs
+#   shapes-zstd/ shapes-lz4/ shapes-none/   the fixed and seeded random file shapes
+#               (tests/common/shapes.rs) by `erofsd build`; shapes-conv/ the same by
+#               `erofsd convert` (one umoci layer); shapes-mkfs/ by mkfs.erofs --blobdev (with
+#               interior holes); shapes.manifest, shapes.seed ($EROFSD_SHAPES_SEED replays one)
+#   old-holes/  tests/fixtures/interior-holes: the previous builder's interior holes
 #   oci-conv/   the oci fixture converted by `erofsd convert` into an OCI layout (tag conv)
 #   registry/   the same conversion pushed into a docker-registry's storage, with the registry
 #               binary and its libraries (erofsd-failover-registry)
@@ -140,6 +145,27 @@ if oci="$("$REPO/scripts/make-fixtures.sh" oci 2>"$scratch/oci.log")" && [ -d "$
 else
     echo "erofsd-inputs: no oci fixture (see $scratch/oci.log); erofsd-mount-oci-ref will fail" >&2
 fi
+
+# File shapes: zero runs and holes at and off page, group and chunk boundaries (erofsd-holes).
+seed=${EROFSD_SHAPES_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+echo "$seed" >"$OUT/shapes.seed"
+echo "erofsd-inputs: file shapes seed $seed (replay: EROFSD_SHAPES_SEED=$seed kernel-tests/run.sh --suite erofsd-holes)"
+"$KTREE" shapes "$scratch/shapes/fixed" --set fixed
+"$KTREE" shapes "$scratch/shapes/random" --set random --seed "$seed" --files 150
+manifest "$scratch/shapes" "$OUT/shapes.manifest"
+for c in zstd lz4 none; do image "shapes-$c" "$scratch/shapes" -- --compress "$c"; done
+umoci init --layout "$scratch/shapes-oci"
+umoci new --image "$scratch/shapes-oci:s"
+umoci unpack --image "$scratch/shapes-oci:s" "$scratch/shapes-bundle" >/dev/null
+cp -a "$scratch/shapes/." "$scratch/shapes-bundle/rootfs/"
+umoci repack --image "$scratch/shapes-oci:s" "$scratch/shapes-bundle" >/dev/null
+"$EROFSD" --log warn convert -q "oci:$scratch/shapes-oci:s" "oci:$OUT/shapes-conv:conv" >"$OUT/shapes-conv.log"
+mkdir -p "$OUT/shapes-mkfs"
+mkfs.erofs --chunksize=1048576 --blobdev="$OUT/shapes-mkfs/blob" "$OUT/shapes-mkfs/image.boot" "$scratch/shapes" \
+    >"$OUT/shapes-mkfs.log" 2>&1 || { cat "$OUT/shapes-mkfs.log"; echo "erofsd-inputs: mkfs.erofs of the shapes failed" >&2; exit 1; }
+cp -a "$REPO/tests/fixtures/interior-holes" "$OUT/old-holes"
+"$KTREE" shapes "$scratch/old-holes" --set fixture
+manifest "$scratch/old-holes" "$OUT/old-holes.manifest"
 
 mkdir -p "$OUT/missing/blobs"
 cp "$OUT/gen/image.boot" "$OUT/missing/image.boot"

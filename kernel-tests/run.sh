@@ -7,7 +7,7 @@
 #   --suite    run only tests whose name starts with NAME (a comma-separated list of
 #              prefixes is allowed: --suite cachefiles,erofs-loop)
 #              (tests are kernel-tests/guest/tests/<name>.sh)
-#   --timeout  wall-clock limit per boot in seconds (default 900; TCG is slow: the 20 guest tests take 8–10 minutes)
+#   --timeout  wall-clock limit per boot in seconds (default 1500; TCG is slow: the 21 guest tests take 10–15 minutes)
 #   --list     print the test names and exit
 #
 # Per kernel: build-kernel.sh VERSION (cached), build guest-bin static, make the test data
@@ -41,7 +41,7 @@ die() { echo "run.sh: error: $*" >&2; exit 2; }
 
 KERNELS=6.12
 SUITE=""
-BOOT_TIMEOUT=900
+BOOT_TIMEOUT=1500
 LIST=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -53,6 +53,9 @@ while [ $# -gt 0 ]; do
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done
+# One seed of random file shapes for every kernel of the run (erofsd-inputs.sh, erofsd-holes).
+export EROFSD_SHAPES_SEED="${EROFSD_SHAPES_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"
+echo "== file shapes seed $EROFSD_SHAPES_SEED (replay: EROFSD_SHAPES_SEED=$EROFSD_SHAPES_SEED $0 --suite erofsd-holes)"
 case "$KERNELS" in
     all) KERNELS="6.12 6.1" ;;
     6.12|6.1) ;;

@@ -198,10 +198,10 @@ fn dir_roundtrip_zstd_defaults() {
     assert_eq!(path, &t.path().join("out/blobs").join(rec.id_hex()));
     // Nothing else was left in the output (no temporary files).
     assert_eq!(list_all(&t.path().join("out")), vec!["blobs".to_string(), format!("blobs/{}", rec.id_hex()), "image.boot".into()]);
-    // copy2 is a duplicate of copy1 (2 chunks), the hole of usr/sparse is 2 zero chunks
-    // (offsets 1M-4M minus the data chunk boundaries).
+    // copy2 is a duplicate of copy1 (2 chunks); the zero run of usr/sparse is 3 zero chunks
+    // (1M-4M), interior, so they address the one stored zero chunk.
     assert!(r.chunks.chunks_deduped >= 2, "{:?}", r.chunks);
-    assert!(r.chunks.chunks_holes >= 2, "{:?}", r.chunks);
+    assert_eq!(r.chunks.chunks_zero, 3, "{:?}", r.chunks);
 }
 
 #[test]
@@ -238,10 +238,15 @@ fn layouts_inline_chunks_holes_dedup() {
     }
     // Just over the threshold: one chunk in the blob.
     assert!(matches!(map("etc/just-over")[..], [erofs::reader::Extent { kind: ExtentKind::Chunk { device_id: 1, .. }, .. }]));
-    // Sparse file: chunk, holes, chunk.
+    // Sparse file: chunk, three zero chunks, chunk. No interior hole: the zero chunks address
+    // one stored zero chunk (EROFS over fscache zero-fills past an interior hole).
     let m = map("usr/sparse");
     assert!(matches!(m.first().unwrap().kind, ExtentKind::Chunk { .. }));
-    assert!(m.iter().any(|e| e.kind == ExtentKind::Hole && e.len >= 2 * 1048576), "{m:?}");
+    assert!(m.iter().all(|e| e.kind != ExtentKind::Hole), "{m:?}");
+    let ino = o.img.lookup("usr/sparse").unwrap();
+    let zero_at: Vec<_> = (1..4u64).map(|i| o.img.map_at(&ino, i * 1048576).unwrap().kind).collect();
+    assert!(zero_at.iter().all(|k| *k == zero_at[0]), "{zero_at:?}");
+    assert!(erofs::holes::interior_holes(&o.img).unwrap().is_empty());
     // Dedup: both copies point at the same blob offsets.
     assert_eq!(map("usr/bin/copy1"), map("usr/bin/copy2"));
     // Hard links share an inode.

@@ -8,12 +8,15 @@
 //! * [`reader`] — walks, stats and reads any image, validating every offset against its bounds;
 //! * [`blob`] — the stored blob format: groups, the group table, compression and checksums;
 //! * [`blobtable`] — the erofsd extension header and the on-disk blob/group tables.
+//! * [`holes`] — interior holes, which EROFS over fscache reads wrong, and the bootstrap
+//!   rewrite that points them at a zero extent;
 //! * [`rafs`] — nydus RAFS v6 blob tables and blob meta; [`inflate_resume`] — raw inflate
 //!   resumed mid-gzip for nydus zran blobs.
 
 pub mod blob;
 pub mod blobtable;
 pub mod error;
+pub mod holes;
 pub mod inflate_resume;
 pub mod ondisk;
 pub mod rafs;

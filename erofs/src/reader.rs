@@ -128,6 +128,30 @@ pub struct Extent {
 /// `buf` from device `device_id` (1..N) at byte `offset`.
 pub type Fetch<'a> = dyn FnMut(u16, u64, &mut [u8]) -> io::Result<()> + 'a;
 
+/// Where a CHUNK_BASED inode keeps its chunk table ([`Image::chunk_table`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkTable {
+    pub nid: u64,
+    /// Byte offset of entry 0 in the bootstrap.
+    pub base: u64,
+    /// 8 (chunk indexes, with a device id) or 4 (block map).
+    pub entry_size: u64,
+    /// `ceil(size / chunk size)`.
+    pub count: u64,
+    pub chunk_bits: u8,
+    pub indexes: bool,
+}
+
+/// One entry of a chunk table ([`Image::chunk_entry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkEntry {
+    /// Byte offset of the entry in the bootstrap.
+    pub offset: u64,
+    pub device_id: u16,
+    /// [`NULL_ADDR`]: a hole.
+    pub blkaddr: u32,
+}
+
 /// One entry seen by [`Image::walk`].
 #[derive(Debug)]
 pub struct WalkEntry<'a> {
@@ -351,26 +375,15 @@ impl<T: AsRef<[u8]>> Image<T> {
                 }
             }
             LAYOUT_CHUNK_BASED => {
-                let fmt = ino.i_u as u16;
-                let chunk_bits = BLKSZBITS as u32 + (fmt & CHUNK_FORMAT_BLKBITS_MASK) as u32;
-                let chunk = 1u64 << chunk_bits;
-                let i = pos >> chunk_bits;
-                let logical = i << chunk_bits;
-                let len = chunk.min(ino.size - logical);
-                let (device_id, blkaddr) = if fmt & CHUNK_FORMAT_INDEXES != 0 {
-                    let base = ino.body_end().div_ceil(CHUNK_INDEX_SIZE as u64) * CHUNK_INDEX_SIZE as u64;
-                    let at = base + i * CHUNK_INDEX_SIZE as u64;
-                    let ci = ChunkIndex::decode(self.slice(at, CHUNK_INDEX_SIZE as u64, &format!("inode {nid} chunk index {i}"))?);
-                    (ci.device_id & self.device_id_mask, ci.blkaddr)
-                } else {
-                    let base = ino.body_end().div_ceil(BLOCK_MAP_ENTRY_SIZE as u64) * BLOCK_MAP_ENTRY_SIZE as u64;
-                    let at = base + i * BLOCK_MAP_ENTRY_SIZE as u64;
-                    (0, le32(self.slice(at, 4, &format!("inode {nid} block map entry {i}"))?, 0))
-                };
-                if blkaddr == NULL_ADDR {
+                let table = self.chunk_table(ino)?.expect("chunk-based layout");
+                let i = pos >> table.chunk_bits;
+                let logical = i << table.chunk_bits;
+                let len = (1u64 << table.chunk_bits).min(ino.size - logical);
+                let entry = self.chunk_entry(&table, i)?;
+                if entry.blkaddr == NULL_ADDR {
                     return Ok(Extent { logical, len, kind: ExtentKind::Hole });
                 }
-                let (device_id, blkaddr) = self.map_device(device_id, blkaddr, nid)?;
+                let (device_id, blkaddr) = self.map_device(entry.device_id, entry.blkaddr, nid)?;
                 Ok(Extent { logical, len, kind: ExtentKind::Chunk { device_id, offset: blkaddr as u64 * BLOCK_SIZE } })
             }
             LAYOUT_COMPRESSED_FULL | LAYOUT_COMPRESSED_COMPACT => {
@@ -378,6 +391,44 @@ impl<T: AsRef<[u8]>> Image<T> {
             }
             l => Err(corrupt!("inode {nid}: invalid data layout {l}")),
         }
+    }
+
+    /// Where a CHUNK_BASED inode's chunk table is (`None` for any other layout). The table's
+    /// bytes are not checked here: [`Image::chunk_entry`] checks each entry it reads.
+    pub fn chunk_table(&self, ino: &Inode) -> Result<Option<ChunkTable>> {
+        if ino.layout != LAYOUT_CHUNK_BASED {
+            return Ok(None);
+        }
+        let fmt = ino.i_u as u16;
+        let chunk_bits = BLKSZBITS + (fmt & CHUNK_FORMAT_BLKBITS_MASK) as u8;
+        let indexes = fmt & CHUNK_FORMAT_INDEXES != 0;
+        let entry_size = if indexes { CHUNK_INDEX_SIZE as u64 } else { BLOCK_MAP_ENTRY_SIZE as u64 };
+        let base = ino.body_end().div_ceil(entry_size) * entry_size;
+        let count = ino.size.div_ceil(1u64 << chunk_bits);
+        Ok(Some(ChunkTable { nid: ino.nid, base, entry_size, count, chunk_bits, indexes }))
+    }
+
+    /// Entry `i` of a chunk table: its device id (masked as the kernel masks it; 0 for block
+    /// maps) and block address, [`NULL_ADDR`] for a hole.
+    pub fn chunk_entry(&self, table: &ChunkTable, i: u64) -> Result<ChunkEntry> {
+        let nid = table.nid;
+        if i >= table.count {
+            return Err(corrupt!("inode {nid}: chunk {i} of {}", table.count));
+        }
+        let at = table.base + i * table.entry_size;
+        if table.indexes {
+            let ci = ChunkIndex::decode(self.slice(at, CHUNK_INDEX_SIZE as u64, &format!("inode {nid} chunk index {i}"))?);
+            Ok(ChunkEntry { offset: at, device_id: ci.device_id & self.device_id_mask, blkaddr: ci.blkaddr })
+        } else {
+            let b = self.slice(at, BLOCK_MAP_ENTRY_SIZE as u64, &format!("inode {nid} block map entry {i}"))?;
+            Ok(ChunkEntry { offset: at, device_id: 0, blkaddr: le32(b, 0) })
+        }
+    }
+
+    /// Where a device-0 block address really goes: `(0, blkaddr)` when it is in the bootstrap
+    /// itself, a slot's `(device_id, blkaddr)` when a `mapped_blkaddr` range covers it.
+    pub fn resolve_device0(&self, blkaddr: u32) -> (u16, u32) {
+        self.map_device(0, blkaddr, 0).unwrap_or((0, blkaddr))
     }
 
     /// Applies the kernel's device rules: a device id must name a slot; a device-0 address

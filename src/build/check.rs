@@ -5,6 +5,8 @@
 //!   directory entries, and that the blob table is consistent.
 //! * Blobs (when the blob directory has them): size and sha256 equal the record, every group
 //!   decodes and matches its CRC32.
+//! * Interior holes (a hole with data after it in the same file) are listed: valid EROFS, but
+//!   EROFS over fscache reads the data after them as zeros when served as they are.
 //! * `--write-raw DIR`: writes each blob's uncompressed address space to `DIR/<blob-id>`
 //!   (zero groups left as holes), so the image can be mounted with `device=` and no daemon.
 
@@ -54,6 +56,8 @@ pub struct CheckReport {
     pub blobs_verified: u64,
     pub groups_verified: u64,
     pub raw_written: Vec<PathBuf>,
+    /// Files with interior holes (valid EROFS, but unsafe through fscache as they are).
+    pub interior_holes: Vec<erofs::holes::InteriorHoles>,
     /// Everything wrong that did not stop the check; empty = the image is good.
     pub problems: Vec<String>,
     pub notes: Vec<String>,
@@ -147,6 +151,7 @@ pub fn check(paths: &CheckPaths, write_raw: Option<&Path>) -> Result<CheckReport
         }
     }
     rep.inodes = inodes + links.len() as u64;
+    rep.interior_holes = erofs::holes::interior_holes(&img).context("looking for interior holes")?;
     (rep.dirs, rep.files, rep.file_bytes, rep.chunks, rep.holes, rep.xattrs) = (dirs, files, file_bytes, chunks, holes, nx);
 
     if let Some(recs) = img.blobs() {

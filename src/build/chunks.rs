@@ -1,6 +1,12 @@
 //! File data → [`FileData`]: small files inline, larger ones cut into chunks that are
-//! deduplicated by content across the whole image, all-zero chunks turned into holes, and new
-//! chunks appended to the current layer's blob.
+//! deduplicated by content across the whole image, and new chunks appended to the current
+//! layer's blob.
+//!
+//! All-zero chunks: a file's *trailing* ones (nothing but zeros after them) become holes; every
+//! other one addresses the image's one stored zero chunk, deduplicated like any chunk. So no
+//! image this builder writes has an interior hole, which EROFS over fscache reads as zeros for
+//! the data after it (see `erofs::holes`; the measurement behind the choice is in
+//! docs/format.md).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -23,7 +29,10 @@ pub struct ChunkStats {
     pub chunked_files: u64,
     pub chunks_stored: u64,
     pub chunks_deduped: u64,
+    /// Trailing all-zero chunks, written as holes.
     pub chunks_holes: u64,
+    /// Other all-zero chunks, pointed at the one stored zero chunk.
+    pub chunks_zero: u64,
 }
 
 pub struct ChunkStore {
@@ -32,6 +41,8 @@ pub struct ChunkStore {
     chunk_size: usize,
     /// sha256 of chunk content → where it was stored (any device of this image).
     seen: HashMap<[u8; 32], ChunkAddr>,
+    /// Where the image's one zero chunk is, once stored.
+    zero: Option<ChunkAddr>,
     /// The blob of the layer being read, and its device id.
     blob: Option<(BlobWriter, u16)>,
     buf: Vec<u8>,
@@ -45,6 +56,7 @@ impl ChunkStore {
             blob_dir: blob_dir.to_path_buf(),
             chunk_size: 1usize << opts.chunk_size_log2,
             seen: HashMap::new(),
+            zero: None,
             blob: None,
             buf: Vec::new(),
             stats: ChunkStats::default(),
@@ -94,21 +106,40 @@ impl ChunkStore {
                 let len = left.min(self.chunk_size as u64) as usize;
                 let data = &mut buf[..len];
                 read_full(r, data).with_context(|| format!("{what}: reading at offset {}", size - left))?;
-                chunks.push(self.put_chunk(data)?);
+                chunks.push(if is_zero(data) { ChunkAddr::HOLE } else { self.put_chunk(data)? });
                 left -= len as u64;
             }
             Ok(())
         })();
         self.buf = buf;
         res?;
+        // Zero chunks before the last data chunk are interior: give them the stored zero chunk.
+        let last_data = chunks.iter().rposition(|c| !c.is_hole());
+        let interior = last_data.map_or(0, |l| chunks[..l].iter().filter(|c| c.is_hole()).count());
+        let zeros = chunks.iter().filter(|c| c.is_hole()).count();
+        self.stats.chunks_holes += (zeros - interior) as u64;
+        if interior > 0 {
+            let zero = self.zero_chunk()?;
+            for c in chunks[..last_data.unwrap_or(0)].iter_mut().filter(|c| c.is_hole()) {
+                *c = zero;
+            }
+            self.stats.chunks_zero += interior as u64;
+        }
         Ok(FileData::Chunks { chunk_bits: self.opts.chunk_size_log2, chunks })
     }
 
-    fn put_chunk(&mut self, data: &[u8]) -> Result<ChunkAddr> {
-        if is_zero(data) {
-            self.stats.chunks_holes += 1;
-            return Ok(ChunkAddr::HOLE);
+    /// The address of a whole chunk of zeros: stored on first use (in the current layer's blob,
+    /// counted once as stored) and shared by every later use in the image.
+    fn zero_chunk(&mut self) -> Result<ChunkAddr> {
+        if let Some(addr) = self.zero {
+            return Ok(addr);
         }
+        let addr = self.put_chunk(&vec![0u8; self.chunk_size])?;
+        self.zero = Some(addr);
+        Ok(addr)
+    }
+
+    fn put_chunk(&mut self, data: &[u8]) -> Result<ChunkAddr> {
         let digest: [u8; 32] = Sha256::digest(data).into();
         if let Some(&addr) = self.seen.get(&digest) {
             self.stats.chunks_deduped += 1;

@@ -94,8 +94,8 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     outln!(out, 
-        "data {} bytes: {} inline files, {} chunked files; chunks {} stored, {} deduplicated, {} holes",
-        c.source_bytes, c.inline_files, c.chunked_files, c.chunks_stored, c.chunks_deduped, c.chunks_holes
+        "data {} bytes: {} inline files, {} chunked files; chunks {} stored, {} deduplicated, {} zero (one stored zero chunk), {} trailing holes",
+        c.source_bytes, c.inline_files, c.chunked_files, c.chunks_stored, c.chunks_deduped, c.chunks_zero, c.chunks_holes
     );
     print_report(&out);
     Ok(())

@@ -39,6 +39,23 @@ pub fn run(args: Args) -> Result<()> {
     for p in &r.raw_written {
         outln!(out, "raw device: {}", p.display());
     }
+    if let Some(first) = r.interior_holes.first() {
+        outln!(
+            out,
+            "note: {} file(s) have interior holes (a hole with data after it), first /{} at byte {}: safe through the \
+             fanotify door and on block devices; EROFS over fscache (kernels 5.19-7.1) would read the data after them \
+             as zeros, so erofsd's cachefiles door serves them through a zero extent",
+            r.interior_holes.len(),
+            String::from_utf8_lossy(&first.path),
+            first.first_offset
+        );
+        for h in r.interior_holes.iter().take(20) {
+            outln!(out, "interior holes: /{}: {} chunk(s) of {} bytes, first at byte {}", String::from_utf8_lossy(&h.path), h.chunks, 1u64 << h.chunk_bits, h.first_offset);
+        }
+        if r.interior_holes.len() > 20 {
+            outln!(out, "interior holes: ... and {} more file(s)", r.interior_holes.len() - 20);
+        }
+    }
     for n in &r.notes {
         outln!(out, "note: {n}");
     }

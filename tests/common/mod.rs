@@ -10,4 +10,5 @@ pub mod env;
 pub mod fixtures;
 pub mod mount;
 pub mod registry;
+pub mod shapes;
 pub mod snapshot;

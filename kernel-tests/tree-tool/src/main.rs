@@ -8,6 +8,10 @@
 //!   ktest-tree readall DIR [--threads N]          read every regular file, print timing
 //!   ktest-tree expect-eio FILE GOOD               reading FILE must fail with EIO, and every
 //!       byte returned before the error must equal GOOD's (never wrong bytes)
+//!   ktest-tree shapes DIR --set fixed|fixture|random [--seed S] [--files N]
+//!       writes the file shapes of tests/common/shapes.rs (data, zero runs, holes)
+//!   ktest-tree randread DIR MANIFEST [--seed S]   reads every regular file in random order,
+//!       in pieces of random size and offset (4 KiB-aligned and not), and checks each sha256
 //!
 //! Manifest line (tab-separated): path, type (f d l c b p s), permission bits (octal, with
 //! setuid/setgid/sticky), uid, gid, nlink (- for directories), size (files and symlinks),
@@ -27,6 +31,14 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+// The tests' generators, by path: the same seed gives the same files here and in the host tests.
+#[allow(dead_code)]
+#[path = "../../../tests/common/data.rs"]
+mod data;
+#[allow(dead_code)]
+#[path = "../../../tests/common/shapes.rs"]
+mod shapes;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().any(|a| a == name);
@@ -45,7 +57,7 @@ fn main() -> ExitCode {
                 skip = false;
                 continue;
             }
-            if a == "--threads" || a == "--rounds" {
+            if matches!(a.as_str(), "--threads" | "--rounds" | "--seed" | "--files" | "--set") {
                 skip = true;
                 continue;
             }
@@ -69,9 +81,20 @@ fn main() -> ExitCode {
         }
         Some("readall") if pos.len() == 2 => readall(Path::new(pos[1]), opt("--threads", 1)),
         Some("expect-eio") if pos.len() == 3 => expect_eio(Path::new(pos[1]), Path::new(pos[2])),
+        Some("shapes") if pos.len() == 2 => {
+            let set = args.iter().position(|a| a == "--set").and_then(|i| args.get(i + 1)).map(|s| s.as_str());
+            let list = match set {
+                Some("fixed") => Ok(shapes::fixed()),
+                Some("fixture") => Ok(shapes::fixture()),
+                Some("random") => Ok(shapes::random(opt("--seed", 1) as u64, opt("--files", 200))),
+                _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "shapes: --set fixed|fixture|random")),
+            };
+            list.and_then(|l| shapes::write_all(Path::new(pos[1]), &l)).map(|()| true)
+        }
+        Some("randread") if pos.len() == 3 => randread(Path::new(pos[1]), Path::new(pos[2]), opt("--seed", 1) as u64),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "usage: ktest-tree manifest|verify|readers|readall|expect-eio ... (see source header)",
+            "usage: ktest-tree manifest|verify|readers|readall|expect-eio|shapes|randread ... (see source header)",
         )),
     };
     match res {
@@ -295,6 +318,49 @@ fn regular_files(manifest: &Path) -> io::Result<Vec<(PathBuf, String, u64)>> {
         }
     }
     Ok(out)
+}
+
+/// Every regular file of MANIFEST read in a random order of pieces (random sizes, offsets on
+/// and off page boundaries) through one fd each; the assembled bytes must hash to the manifest.
+fn randread(root: &Path, manifest: &Path, seed: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut rng = data::Rng::new(seed);
+    let files = regular_files(manifest)?;
+    let (mut ok, mut pieces, mut bytes) = (true, 0u64, 0u64);
+    for (rel, sha, size) in &files {
+        let f = File::open(root.join(rel))?;
+        let mut buf = vec![0u8; *size as usize];
+        // Cut the file into pieces of random length, then read them in a shuffled order.
+        let mut cuts = Vec::new();
+        let mut at = 0u64;
+        while at < *size {
+            let len = match rng.below(3) {
+                0 => 4096 * (1 + rng.below(64)),
+                1 => 1 + rng.below(300_000),
+                _ => 1 << (12 + rng.below(9)),
+            };
+            let len = len.min(size - at);
+            cuts.push((at, len));
+            at += len;
+        }
+        for i in (1..cuts.len()).rev() {
+            cuts.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for &(at, len) in &cuts {
+            f.read_exact_at(&mut buf[at as usize..(at + len) as usize], at)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {len} bytes at {at}: {e}", rel.display())))?;
+        }
+        pieces += cuts.len() as u64;
+        bytes += size;
+        let got = hex(&Sha256::digest(&buf));
+        if &got != sha {
+            let zeros = buf.iter().filter(|&&b| b == 0).count();
+            eprintln!("randread: {}: sha256 {got} != {sha} ({zeros} zero bytes of {size})", rel.display());
+            ok = false;
+        }
+    }
+    println!("randread: {} files, {pieces} pieces, {bytes} bytes, seed {seed}: {}", files.len(), if ok { "all equal" } else { "MISMATCH" });
+    Ok(ok)
 }
 
 fn readers(root: &Path, manifest: &Path, threads: usize, rounds: usize) -> io::Result<bool> {

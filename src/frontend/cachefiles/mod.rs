@@ -11,6 +11,7 @@
 //!
 //! Protocol facts: /work/shared/notes/cachefiles-protocol.md; user guide: docs/cachefiles.md.
 
+pub mod bootstrap;
 pub mod metrics;
 pub mod objects;
 pub mod prefetch;
@@ -162,13 +163,7 @@ pub fn start_cachefiles_with(config: &Config, filler: Filler, loader: Option<Ima
                 domain_id: s.domain_id.clone(),
                 frontend: "cachefiles".into(),
             };
-            match registry.add(Registration {
-                fsid: s.fsid,
-                domain_id: s.domain_id,
-                image: image.clone(),
-                image_path: s.image,
-                mountpoint: s.mountpoint,
-            }) {
+            match Registration::new(s.fsid, s.domain_id, image.clone(), s.image, s.mountpoint).and_then(|r| registry.add(r)) {
                 Ok(_) => recovered.push((info, image)),
                 Err(e) => warn!("cachefiles: state entry skipped: {e:#}"),
             }
@@ -218,13 +213,7 @@ impl CachefilesFrontend {
         if let Some(d) = domain_id {
             check_name("domain_id", d)?;
         }
-        let reg = self.shared.registry.add(Registration {
-            fsid: fsid.into(),
-            domain_id: domain_id.map(Into::into),
-            image,
-            image_path,
-            mountpoint: key,
-        })?;
+        let reg = self.shared.registry.add(Registration::new(fsid.into(), domain_id.map(Into::into), image, image_path, key)?)?;
         if let Err(e) = self.shared.registry.persist() {
             self.shared.registry.remove(&reg.mountpoint);
             return Err(e);
@@ -256,13 +245,13 @@ impl CachefilesFrontend {
                 bail!("blob {} is not available from {}: {e}", b.id, b.source.describe());
             }
         }
-        let reg = self.shared.registry.add(Registration {
-            fsid: fsid.clone(),
-            domain_id: req.domain_id.clone(),
-            image: image.clone(),
-            image_path: req.image.clone(),
-            mountpoint: req.mountpoint.clone(),
-        })?;
+        let reg = self.shared.registry.add(Registration::new(
+            fsid.clone(),
+            req.domain_id.clone(),
+            image.clone(),
+            req.image.clone(),
+            req.mountpoint.clone(),
+        )?)?;
         if let Err(e) = self.shared.registry.persist() {
             self.shared.registry.remove(&reg.mountpoint);
             return Err(e);

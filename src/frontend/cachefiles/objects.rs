@@ -10,11 +10,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::core::fill::Target;
-use crate::core::images::Image;
+use super::bootstrap::FscacheBootstrap;
 
 pub enum Kind {
     /// The bootstrap of an image: served from memory.
-    Bootstrap { image: Arc<Image>, fd: OwnedFd },
+    Bootstrap { boot: Arc<FscacheBootstrap>, fd: OwnedFd },
     /// A blob: served by the fill engine.
     Blob { target: Arc<Target> },
 }

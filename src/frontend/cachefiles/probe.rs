@@ -140,8 +140,18 @@ pub fn probe_in(cache_dir: &Path) -> Support {
             "no kernel config readable (/proc/config.gz, /boot/config-*): CONFIG_EROFS_FS_ONDEMAND is only proven by a mount".into(),
         ),
     }
+    if dev_path.exists() {
+        details.push(HOLE_BUG.into());
+    }
     Support { usable, details }
 }
+
+/// What doctor says of the fscache hole bug on a cachefiles kernel. It is not probed (that
+/// takes a mount served by a daemon); no kernel with EROFS over fscache is known to be free of it.
+pub const HOLE_BUG: &str = "EROFS over fscache zero-fills the rest of a read that starts in an interior hole \
+(a hole with data after it): every kernel with the cachefiles door is taken to have this bug (5.19-7.1; read in the \
+6.1 and 6.12 sources, no fix known). erofsd's builder writes no interior holes, and this door serves other images' \
+interior holes through a zero extent, so readers get the right bytes; `erofsd check` lists them";
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::bootstrap::FscacheBootstrap;
 use crate::core::blob::Blob;
 use crate::core::images::Image;
 
@@ -23,12 +24,21 @@ pub struct Registration {
     pub fsid: String,
     pub domain_id: Option<String>,
     pub image: Arc<Image>,
+    /// What the kernel reads as the bootstrap object (interior holes redirected).
+    pub bootstrap: Arc<FscacheBootstrap>,
     /// The image path the user gave (to reload it after a restart).
     pub image_path: PathBuf,
     pub mountpoint: PathBuf,
 }
 
 impl Registration {
+    /// A registration of `image`, with the bootstrap object the kernel will be served
+    /// ([`FscacheBootstrap::for_image`]).
+    pub fn new(fsid: String, domain_id: Option<String>, image: Arc<Image>, image_path: PathBuf, mountpoint: PathBuf) -> Result<Registration> {
+        let bootstrap = Arc::new(FscacheBootstrap::for_image(&image)?);
+        Ok(Registration { fsid, domain_id, image, bootstrap, image_path, mountpoint })
+    }
+
     /// The name in the OPEN's volume key.
     pub fn volume(&self) -> &str {
         self.domain_id.as_deref().unwrap_or(&self.fsid)
@@ -37,7 +47,7 @@ impl Registration {
 
 /// What an OPEN's keys refer to.
 pub enum Lookup {
-    Bootstrap(Arc<Image>),
+    Bootstrap(Arc<FscacheBootstrap>),
     Blob(Arc<Blob>),
     Unknown,
 }
@@ -132,7 +142,7 @@ impl Registry {
         let regs = self.regs.lock().expect("registry lock");
         let in_volume = || regs.iter().filter(|r| r.volume() == volume);
         if let Some(r) = in_volume().find(|r| r.fsid == cookie) {
-            return Lookup::Bootstrap(r.image.clone());
+            return Lookup::Bootstrap(r.bootstrap.clone());
         }
         for r in in_volume() {
             if let Some(b) = r.image.blob_by_tag(cookie) {
@@ -199,6 +209,13 @@ mod tests {
         assert!(check_name("fsid", &"x".repeat(129)).is_err());
     }
 
+    fn empty_bootstrap() -> Vec<u8> {
+        let meta = erofs::tree::Meta { mode: erofs::tree::S_IFDIR | 0o755, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0 };
+        let mut out = Vec::new();
+        erofs::writer::write_bootstrap(&erofs::tree::Tree::new(meta), &[], &Default::default(), &mut out).unwrap();
+        out
+    }
+
     #[test]
     fn state_file_round_trips() {
         let dir = tempfile::tempdir().unwrap();
@@ -208,26 +225,12 @@ mod tests {
         let image = Arc::new(Image {
             id: "ab".repeat(32),
             bootstrap_path: "/x/image.boot".into(),
-            bootstrap: Arc::new(vec![0; 4096]),
+            bootstrap: Arc::new(empty_bootstrap()),
             blobs: Vec::new(),
         });
-        reg.add(Registration {
-            fsid: "f1".into(),
-            domain_id: Some("d".into()),
-            image: image.clone(),
-            image_path: "/x".into(),
-            mountpoint: "/mnt/a".into(),
-        })
-        .unwrap();
-        assert!(reg
-            .add(Registration {
-                fsid: "f1".into(),
-                domain_id: Some("d".into()),
-                image: image.clone(),
-                image_path: "/x".into(),
-                mountpoint: "/mnt/b".into(),
-            })
-            .is_err());
+        let registration = |mp: &str| Registration::new("f1".into(), Some("d".into()), image.clone(), "/x".into(), mp.into()).unwrap();
+        reg.add(registration("/mnt/a")).unwrap();
+        assert!(reg.add(registration("/mnt/b")).is_err());
         reg.persist().unwrap();
         let saved = Registry::load_saved(&path).unwrap();
         assert_eq!(saved.len(), 1);

@@ -7,7 +7,7 @@
 //! and fails the reader with EIO — the protocol's only error path).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,13 +15,12 @@ use std::time::{Duration, Instant};
 use cachefiles::{read_complete, CloseRequest, Device, ErofsKeys, OpenRequest, ReadRequest};
 use tracing::{debug, info, warn};
 
+use super::bootstrap::ENOBUFS_RETRIES;
 use super::metrics::Metrics;
 use super::objects::{Kind, Object, ObjectTable};
 use super::registry::{Lookup, Registry};
-use crate::core::aligned::{AlignedBuf, PAGE};
 use crate::core::fill::{Filler, Target};
 use crate::core::readahead::ReadAheadPolicy;
-use crate::core::images::Image;
 
 /// Everything the handlers share.
 pub struct Shared {
@@ -33,8 +32,6 @@ pub struct Shared {
     pub rt: tokio::runtime::Handle,
 }
 
-/// Writes right after `copen` can meet a backing file the kernel has not set yet (ENOBUFS).
-const ENOBUFS_RETRIES: u32 = 10;
 
 pub fn handle_open(shared: &Arc<Shared>, o: OpenRequest<OwnedFd>) {
     let m = &shared.metrics;
@@ -54,9 +51,9 @@ pub fn handle_open(shared: &Arc<Shared>, o: OpenRequest<OwnedFd>) {
             );
             return reject(shared, o.msg_id, o.fd);
         }
-        Lookup::Bootstrap(image) => {
-            let size = image.bootstrap.len() as u64;
-            (Kind::Bootstrap { image, fd: o.fd }, size)
+        Lookup::Bootstrap(boot) => {
+            let size = boot.size;
+            (Kind::Bootstrap { boot, fd: o.fd }, size)
         }
         Lookup::Blob(blob) => {
             let size = blob.size();
@@ -79,12 +76,12 @@ pub fn handle_open(shared: &Arc<Shared>, o: OpenRequest<OwnedFd>) {
         return;
     }
     info!("OPEN object {} volume {} cookie {} size {size}", o.object_id, keys.volume, keys.cookie);
-    if let Kind::Bootstrap { image, .. } = &obj.kind {
-        // Metadata never waits for the network: put the whole bootstrap in the cache now.
-        let (shared2, obj2, image) = (shared.clone(), obj.clone(), image.clone());
+    if let Kind::Bootstrap { boot, .. } = &obj.kind {
+        // Metadata never waits for the network: put the whole bootstrap in the cache now (a
+        // zero extent past it is written when the kernel asks for it).
+        let (shared2, obj2, boot) = (shared.clone(), obj.clone(), boot.clone());
         shared.rt.spawn_blocking(move || {
-            let len = padded(image.bootstrap.len() as u64);
-            match write_bootstrap(&image, obj2.fd(), 0, len) {
+            match boot.write(obj2.fd(), 0, boot.prefill_len()) {
                 Ok(n) => {
                     shared2.metrics.bootstrap_bytes.fetch_add(n, Ordering::Relaxed);
                 }
@@ -144,10 +141,10 @@ pub fn handle_read(shared: &Arc<Shared>, r: ReadRequest, received: Instant) {
 
 async fn serve_read(shared: &Arc<Shared>, obj: &Arc<Object>, r: ReadRequest) -> Result<(), String> {
     match &obj.kind {
-        Kind::Bootstrap { image, .. } => {
-            let (obj, image, shared) = (obj.clone(), image.clone(), shared.clone());
+        Kind::Bootstrap { boot, .. } => {
+            let (obj, boot, shared) = (obj.clone(), boot.clone(), shared.clone());
             tokio::task::spawn_blocking(move || {
-                let n = write_bootstrap(&image, obj.fd(), r.off, r.len)?;
+                let n = boot.write(obj.fd(), r.off, r.len)?;
                 shared.metrics.bootstrap_bytes.fetch_add(n, Ordering::Relaxed);
                 Ok::<_, io::Error>(())
             })
@@ -197,52 +194,3 @@ fn scan_with_retry(t: &Target) -> io::Result<usize> {
     }
 }
 
-fn padded(n: u64) -> u64 {
-    n.div_ceil(PAGE as u64) * PAGE as u64
-}
-
-/// Writes bootstrap bytes `[off, off + len)` (zero-padded past its end, page-aligned for
-/// O_DIRECT) into the object. Returns the bytes written.
-fn write_bootstrap(image: &Image, fd: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<u64> {
-    let boot = &image.bootstrap;
-    let end = off.saturating_add(len).min(padded(boot.len() as u64));
-    if off >= end {
-        return Ok(0);
-    }
-    if !off.is_multiple_of(PAGE as u64) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unaligned bootstrap READ at {off}")));
-    }
-    let n = (end - off) as usize;
-    let mut buf = AlignedBuf::zeroed(n);
-    let have_end = (boot.len() as u64).min(end);
-    if off < have_end {
-        buf[..(have_end - off) as usize].copy_from_slice(&boot[off as usize..have_end as usize]);
-    }
-    let mut done = 0usize;
-    let mut tries = 0;
-    while done < n {
-        let rest = &buf[done..];
-        // SAFETY: valid fd, valid buffer of rest.len() bytes.
-        let w = unsafe {
-            libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), (off + done as u64) as libc::off_t)
-        };
-        if w < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::ENOBUFS) if tries < ENOBUFS_RETRIES => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(20 * tries as u64));
-                    continue;
-                }
-                _ => return Err(e),
-            }
-        }
-        if w == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "pwrite wrote nothing"));
-        }
-        // Kernels before the 6.13 fix return the page-rounded length.
-        done = (done + w as usize).min(n);
-    }
-    Ok(n as u64)
-}

@@ -86,13 +86,7 @@ pub(super) fn standin(dir: &std::path::Path) -> (std::path::PathBuf, Arc<crate::
     });
     shared
         .registry
-        .add(Registration {
-            fsid: "img1".into(),
-            domain_id: None,
-            image: image.clone(),
-            image_path: out.clone(),
-            mountpoint: "/mnt/x".into(),
-        })
+        .add(Registration::new("img1".into(), None, image.clone(), out.clone(), "/mnt/x".into()).unwrap())
         .unwrap();
     (out, image, shared, peer)
 }
