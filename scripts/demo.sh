@@ -37,6 +37,8 @@ echo "== 2. erofsd build (zstd groups, sha256-named blobs)"
 "$BIN" build "$WORK/tree" -o "$WORK/image"
 ls -l "$WORK/image" "$WORK/image/blobs"
 
+# Under its supervisor, as always: a crash of the serving process costs readers a wait, never
+# zeros (tests/fanotify_crash.rs runs this very command line and kills the worker mid-read).
 echo "== 3. erofsd daemon --frontend auto"
 "$BIN" daemon --frontend auto --cache-dir "$WORK/cache" --api-socket "$WORK/api.sock" 2>"$WORK/daemon.log" &
 DAEMON_PID=$!

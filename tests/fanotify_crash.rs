@@ -1,7 +1,9 @@
-//! Crash safety of the fanotify front-end: `erofsd daemon --supervise` keeps the group fd and
-//! the cache files' write fds while the worker is SIGKILLed in the middle of a cold read
-//! storm. No reader may ever see zeros or wrong bytes; reads resume once the supervisor has
-//! restarted the worker (which answers the journaled events of its predecessor).
+//! Crash safety of the fanotify front-end: the supervisor `erofsd daemon` runs by default keeps
+//! the group fd and the cache files' write fds while the worker is SIGKILLed in the middle of a
+//! cold read storm. No reader may ever see zeros or wrong bytes; reads resume once the
+//! supervisor has restarted the worker (which answers the journaled events of its predecessor).
+//! The daemon is started both by the harness and exactly as the README, `scripts/demo.sh` and
+//! the systemd unit start it.
 
 mod common;
 mod fanotify_harness;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::compare::{assert_trees_equal, Options};
 use common::{cli, fixtures};
-use fanotify_harness::{children_of, pid_alive, regular_files, require_fanotify, Daemon, MountDir};
+use fanotify_harness::{children_of, drop_caches, open_without_readahead, pid_alive, regular_files, require_fanotify, Daemon, MountDir};
 
 /// Reads `path` fully; EIO (a denied event) is retried, anything else fails.
 fn read_retrying(path: &std::path::Path, eio: &AtomicU64) -> Vec<u8> {
@@ -93,7 +95,7 @@ fn kill_worker_and_wait_restart(d: &Daemon, supervisor: i32, worker: i32) -> i32
     after
 }
 
-/// The rootfs fixture built and mounted through `erofsd daemon --supervise`. Fields drop in
+/// The rootfs fixture built and mounted through a supervised `erofsd daemon`. Fields drop in
 /// order: the mount is detached first, then the daemon stopped, then the scratch dir removed.
 struct SupervisedRootfs {
     mnt: MountDir,
@@ -244,4 +246,229 @@ fn fanotify_worker_beyond_restart_limit_fails_closed() {
     assert!(!st.success(), "the supervisor should report the give-up");
     assert!(!erofsd::frontend::fanotify::sysmount::is_erofs_mount(&mnt.0), "failsafe left the mount up");
     eprintln!("supervisor exited with {st}; log tail:\n{}", d.log_text());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon as users start it: no supervision flag anywhere. Supervision is the default, so a
+// SIGKILL of the process that serves, during cold random reads, costs readers a wait, never
+// zeros.
+
+/// Size of the random file: 512 groups of 256 KiB, far more than the reads before the kill touch.
+const RANDOM_FILE: usize = 128 << 20;
+const READERS: usize = 6;
+const READS_EACH: usize = 500;
+/// The serving process is killed once this many reads have completed (of READERS × READS_EACH).
+const KILL_AFTER: u64 = 300;
+
+/// A scratch dir with `src/big.bin` (seeded noise) and its image `img`.
+fn random_image(s: &Path) -> (Arc<Vec<u8>>, PathBuf) {
+    let src = s.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = common::data::noise(RANDOM_FILE, 18);
+    std::fs::write(src.join("big.bin"), &data).unwrap();
+    let img = s.join("img");
+    cli::erofsd_build(&[&src], &img, &[]);
+    (Arc::new(data), img)
+}
+
+/// Mounts `img` through `d` (started by `d`'s own command line, whatever it is), runs
+/// READERS threads of cold random 4 KiB reads (readahead off), SIGKILLs the serving process
+/// (the worker, as the API names it) once KILL_AFTER reads completed, and checks every byte:
+/// 0 wrong, every read done, reads completed after the kill, and the whole file intact at the
+/// end. Then a clean stop unmounts.
+fn random_reads_survive_worker_kill(mut d: Daemon, data: Arc<Vec<u8>>, img: &Path, mnt: MountDir) {
+    use std::os::unix::fs::FileExt;
+    let info = d.info();
+    let supervisor = d.child.as_ref().unwrap().id() as i32;
+    let worker = info["pid"].as_i64().expect("GET /api/v1/daemon names the serving pid") as i32;
+    assert_eq!(info["frontend"], "fanotify", "this kernel serves through fanotify: {info}");
+    assert_eq!(info["holder"], "erofsd supervisor", "supervision is the default: {info}");
+    assert_ne!(worker, supervisor, "the serving process is the supervisor's child, not the process we started");
+    assert_eq!(children_of(supervisor), vec![worker]);
+    d.mount(img, &mnt.0);
+    drop_caches();
+
+    let done = Arc::new(AtomicU64::new(0));
+    let (wrong, zeroed, eio) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut readers = Vec::new();
+    for t in 0..READERS {
+        let (data, done, wrong, zeroed, eio) = (data.clone(), done.clone(), wrong.clone(), zeroed.clone(), eio.clone());
+        let path = mnt.0.join("big.bin");
+        readers.push(std::thread::spawn(move || {
+            let f = open_without_readahead(&path);
+            let mut x = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut buf = vec![0u8; 4096];
+            for _ in 0..READS_EACH {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let off = (x % (RANDOM_FILE as u64 / 4096)) * 4096;
+                let t0 = Instant::now();
+                loop {
+                    match f.read_exact_at(&mut buf, off) {
+                        Ok(()) => break,
+                        // A denied orphan of the dead worker: retried, never wrong bytes.
+                        Err(e) if e.raw_os_error() == Some(libc::EIO) && t0.elapsed() < Duration::from_secs(60) => {
+                            eio.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(e) => panic!("reader {t}: read at {off}: {e}"),
+                    }
+                }
+                let want = &data[off as usize..off as usize + 4096];
+                if buf != want {
+                    wrong.fetch_add(1, Ordering::Relaxed);
+                    if buf.iter().all(|&b| b == 0) {
+                        zeroed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    let t0 = Instant::now();
+    while done.load(Ordering::Relaxed) < KILL_AFTER {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the reads did not start; log:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let in_flight = d.metrics()["frontend"]["journal_in_use"].clone();
+    let at_kill = done.load(Ordering::Relaxed);
+    let new_worker = kill_worker_and_wait_restart(&d, supervisor, worker);
+    let at_restart = done.load(Ordering::Relaxed);
+    assert_eq!(d.info()["pid"].as_i64(), Some(new_worker as i64), "the API is served by the restarted worker");
+    for r in readers {
+        r.join().expect("a reader failed");
+    }
+    let total = (READERS * READS_EACH) as u64;
+    eprintln!(
+        "{total} cold random 4 KiB reads by {READERS} readers; SIGKILL of worker {worker} after {at_kill} (journal in use {in_flight}); \
+         wrong {}, of which all-zero {}; EIO retried {}; completed once the new worker served {}; events seen by the new worker {}",
+        wrong.load(Ordering::Relaxed),
+        zeroed.load(Ordering::Relaxed),
+        eio.load(Ordering::Relaxed),
+        total - at_restart,
+        d.frontend("events"),
+    );
+    assert_eq!(wrong.load(Ordering::Relaxed), 0, "reads returned wrong bytes ({} all zero); log:\n{}", zeroed.load(Ordering::Relaxed), d.log_text());
+    assert_eq!(done.load(Ordering::Relaxed), total);
+    assert!(at_kill < total / 2, "the kill landed late ({at_kill} of {total} done)");
+    assert!(at_restart < total, "no read was left for the restarted worker");
+    assert!(d.frontend("events") > 0, "the restarted worker served none of the reads");
+
+    // The mount still works: the whole file, cold parts included.
+    assert!(std::fs::read(mnt.0.join("big.bin")).unwrap() == *data, "big.bin differs from the source at the end");
+    d.stop();
+    assert!(!erofsd::frontend::fanotify::sysmount::is_erofs_mount(&mnt.0), "clean stop left the mount up");
+    assert!(!pid_alive(new_worker), "the worker outlived its supervisor's clean stop");
+}
+
+/// The words of `line` from the first after `daemon` to the first that redirects or ends it.
+fn daemon_args(line: &str) -> Vec<String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "daemon").unwrap_or_else(|| panic!("no `daemon` in {line:?}"));
+    words[at + 1..]
+        .iter()
+        .take_while(|w| !w.starts_with("2>") && !w.starts_with('>') && **w != "&" && !w.starts_with('#'))
+        .map(|w| w.trim_matches('"').to_string())
+        .collect()
+}
+
+/// `erofsd daemon` as the README starts it: `--frontend auto` and nothing else, plus the cache
+/// dir and API socket a test needs.
+#[test]
+fn fanotify_readme_daemon_sigkill_during_random_reads() {
+    let test = "fanotify_readme_daemon_sigkill_during_random_reads";
+    let s = fixtures::scratch("fan-readme");
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let readme = std::fs::read_to_string(common::env::repo_root().join("README.md")).unwrap();
+    let line = readme.lines().find(|l| l.contains("erofsd daemon") && l.trim_start().starts_with("sudo ")).expect("README starts the daemon");
+    let mut args: Vec<std::ffi::OsString> = vec!["daemon".into()];
+    args.extend(daemon_args(line).into_iter().map(Into::into));
+    eprintln!("README: {line:?}");
+    let (cache, socket) = (s.path().join("cache"), s.path().join("api.sock"));
+    args.extend(["--cache-dir".into(), cache.clone().into_os_string(), "--api-socket".into(), socket.clone().into_os_string()]);
+    let (data, img) = random_image(s.path());
+    let d = Daemon::start_command(s.path(), cli::erofsd_bin(), args, cache, socket, false);
+    random_reads_survive_worker_kill(d, data, &img, MountDir::new(s.path(), "mnt"));
+}
+
+/// `scripts/demo.sh`'s daemon command line, its `$WORK` a scratch dir.
+#[test]
+fn fanotify_demo_daemon_sigkill_during_random_reads() {
+    let test = "fanotify_demo_daemon_sigkill_during_random_reads";
+    let s = fixtures::scratch("fan-demo");
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let demo = std::fs::read_to_string(common::env::repo_root().join("scripts/demo.sh")).unwrap();
+    let line = demo.lines().find(|l| l.trim_start().starts_with("\"$BIN\" daemon")).expect("demo.sh starts the daemon");
+    eprintln!("demo.sh: {line:?}");
+    let work = s.path().to_str().unwrap();
+    let mut args: Vec<std::ffi::OsString> = vec!["daemon".into()];
+    args.extend(daemon_args(line).into_iter().map(|a| a.replace("$WORK", work).into()));
+    let (data, img) = random_image(s.path());
+    let d = Daemon::start_command(s.path(), cli::erofsd_bin(), args, s.path().join("cache"), s.path().join("api.sock"), false);
+    random_reads_survive_worker_kill(d, data, &img, MountDir::new(s.path(), "mnt"));
+}
+
+/// The systemd unit's `ExecStart=`, as `scripts/install.sh` installs it (into a staging root,
+/// with the shipped config.toml, which gains only the cache dir and API socket), run directly
+/// with a cleared environment as systemd would start it (no systemd involved).
+#[test]
+fn fanotify_systemd_unit_daemon_sigkill_during_random_reads() {
+    let test = "fanotify_systemd_unit_daemon_sigkill_during_random_reads";
+    let s = fixtures::scratch("fan-unit");
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let root = s.path().join("root");
+    cli::run_ok(
+        common::env::repo_root().join("scripts/install.sh"),
+        ["install".as_ref(), "--bin".as_ref(), cli::erofsd_bin().as_os_str(), "--destdir".as_ref(), root.as_os_str()],
+    );
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/erofsd.service")).unwrap();
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("the unit has ExecStart=");
+    eprintln!("unit: ExecStart={exec}");
+    // Absolute paths are the installed ones: under the staging root.
+    let mut words = exec.split_whitespace().map(|w| if w.starts_with('/') { root.join(&w[1..]).into_os_string() } else { w.into() });
+    let program = PathBuf::from(words.next().unwrap());
+    let args: Vec<std::ffi::OsString> = words.collect();
+    let (cache, socket) = (s.path().join("cache"), s.path().join("api.sock"));
+    let conf = root.join("etc/erofsd/config.toml");
+    let shipped = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("cache_dir = {:?}\napi_socket = {:?}\n{shipped}", cache, socket)).unwrap();
+    let (data, img) = random_image(s.path());
+    let d = Daemon::start_command(s.path(), program, args, cache, socket, true);
+    random_reads_survive_worker_kill(d, data, &img, MountDir::new(s.path(), "mnt"));
+}
+
+/// `--unsafe-no-supervisor` still runs one process and says loudly what it gives up;
+/// `--supervise` (old command lines) is accepted and changes nothing.
+#[test]
+fn fanotify_unsafe_no_supervisor_warns_and_supervise_is_accepted() {
+    let test = "fanotify_unsafe_no_supervisor_warns_and_supervise_is_accepted";
+    let s = fixtures::scratch("fan-optout");
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let mut d = Daemon::start(s.path(), false);
+    let info = d.info();
+    assert_eq!(info["pid"].as_i64(), Some(d.child.as_ref().unwrap().id() as i64), "one process: {info}");
+    assert_eq!(info["holder"], "none");
+    let log = std::fs::read_to_string(d.dir.join("daemon.log")).unwrap();
+    for want in ["--unsafe-no-supervisor: NO SUPERVISOR", "read as ZEROS", "fanotify: NO FD HOLDER"] {
+        assert!(log.contains(want), "the log lacks {want:?}:\n{log}");
+    }
+    d.stop();
+
+    d.supervise = true;
+    d.extra_args = vec!["--supervise".into()];
+    d.start_again();
+    let info = d.info();
+    assert_eq!(info["holder"], "erofsd supervisor", "{info}");
+    assert_ne!(info["pid"].as_i64(), Some(d.child.as_ref().unwrap().id() as i64));
+    d.stop();
 }

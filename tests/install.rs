@@ -37,7 +37,10 @@ fn install_upgrade_uninstall_keep_config_changes_and_never_touch_the_cache() {
     assert!(r.join("usr/local/lib/erofsd/nydusd").exists(), "the nydusd link resolves");
     let unit = std::fs::read_to_string(r.join("etc/systemd/system/erofsd.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/erofsd daemon --config /etc/erofsd/config.toml"), "{unit}");
-    assert!(unit.contains("Before=containerd.service") && unit.contains("FileDescriptorStoreMax="));
+    assert!(unit.contains("Before=containerd.service"));
+    // The supervisor holds the kernel channels: no unproven FD store, no opt-out.
+    let directives: Vec<&str> = unit.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(!directives.iter().any(|l| l.starts_with("FileDescriptorStoreMax=") || l.contains("--unsafe")), "{unit}");
     assert!(!unit.contains('@'), "every placeholder substituted:\n{unit}");
     let conf = r.join("etc/erofsd/config.toml");
     // The shipped config is valid for the daemon (every key commented: the defaults).

@@ -20,6 +20,13 @@ start_daemon() {
     wait_api
 }
 
+# worker_pid: the process that serves. DAEMON_PID is its supervisor (`erofsd daemon` always
+# runs one, unless --unsafe-no-supervisor).
+worker_pid() {
+    set -- $(cat /proc/"$DAEMON_PID"/task/*/children 2>/dev/null)
+    echo "${1:-$DAEMON_PID}"
+}
+
 # Restart with the same cache dir (warm cache).
 restart_daemon() {
     EROFSD_LOG=${EROFSD_LOG:-info} erofsd daemon --frontend cachefiles --cache-dir "$ERO_CACHE" \

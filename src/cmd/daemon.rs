@@ -27,11 +27,22 @@ pub struct Args {
     /// blobs no mount uses are evicted above it.
     #[arg(long, value_parser = crate::cache::size::parse_size)]
     pub cache_max_size: Option<u64>,
-    /// Run the daemon as a child of a small supervisor that keeps its kernel channels
-    /// (/dev/cachefiles, the fanotify group) open and restarts it if it crashes.
-    #[arg(long)]
+    /// Accepted for old command lines: supervision is the default.
+    #[arg(long, hide = true)]
     pub supervise: bool,
+    /// Run without the supervisor that holds the kernel channels (/dev/cachefiles, the fanotify
+    /// group) across a crash. UNSAFE on the fanotify front-end: if this process dies, the
+    /// kernel lets every pending and later read through and unfilled ranges of mounted images
+    /// read as zeros, with no error. With cachefiles, a crash fails every mount until remounted.
+    #[arg(long)]
+    pub unsafe_no_supervisor: bool,
 }
+
+/// The opt-out's warning, logged at start by the process that serves.
+pub const UNSUPERVISED_WARNING: &str = "--unsafe-no-supervisor: NO SUPERVISOR holds the kernel channels. If this process \
+     dies (SIGKILL, OOM kill, panic), the fanotify front-end FAILS OPEN: the kernel allows every pending and later read \
+     and unfilled ranges of mounted images read as ZEROS, with no error (with cachefiles, every mount fails until \
+     remounted). Do not use this for anything but tests and debugging.";
 
 pub fn resolve_config(args: &Args) -> Result<Config> {
     let mut config = match &args.config {
@@ -53,8 +64,13 @@ pub fn resolve_config(args: &Args) -> Result<Config> {
     Ok(config)
 }
 
+/// Unless opted out, this process becomes the supervisor and runs the daemon as its child
+/// (which finds the supervisor's socket in its environment and serves). A worker that starts a
+/// new supervisor to adopt it (its own died) runs the same command line, so it supervises too.
 pub fn run(args: Args) -> Result<()> {
-    if args.supervise && std::env::var_os(supervisor::SUPERVISOR_FD_ENV).is_none() {
+    if args.unsafe_no_supervisor {
+        tracing::warn!("{UNSUPERVISED_WARNING}");
+    } else if std::env::var_os(supervisor::SUPERVISOR_FD_ENV).is_none() {
         let exe = std::env::current_exe()?;
         let child_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).filter(|a| a != "--supervise").collect();
         let code = supervisor::run(&exe, &child_args)?;

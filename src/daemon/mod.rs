@@ -59,6 +59,8 @@ pub struct DaemonInfo {
     pub frontend: &'static str,
     pub cache_dir: PathBuf,
     pub mounts: usize,
+    /// The process that serves (the supervisor's child, unless run without one).
+    pub pid: u32,
     /// Who keeps the kernel channels open across a crash of this process.
     pub holder: &'static str,
     /// The supervisor's pid, when that is the holder (it changes if it is restarted).
@@ -89,6 +91,7 @@ impl Daemon {
             frontend: self.frontend.name(),
             cache_dir: self.config.cache_dir.clone(),
             mounts: self.mounts.lock().expect("mounts").len(),
+            pid: std::process::id(),
             holder,
             holder_pid,
         }

@@ -6,27 +6,34 @@
 //! parks a duplicate of each such fd with a *holder* that outlives it, and a restarted daemon
 //! takes the fd back instead of opening a new channel.
 //!
-//! Two holders are supported:
-//! * **our supervisor** (`erofsd daemon --supervise`): a small parent process that runs the
-//!   daemon as a child, keeps the fds it is sent over a unix socket (SCM_RIGHTS), hands them to
-//!   the next child, and restarts a child that died abnormally (e.g. SIGKILL);
-//! * **systemd's FD store** (`FileDescriptorStoreMax=` in the unit): the daemon sends
-//!   `FDSTORE=1` + `FDNAME=<name>` with the fd to `$NOTIFY_SOCKET`; on restart systemd passes
-//!   it back as `LISTEN_FDS` / `LISTEN_FDNAMES`.
+//! Holders:
+//! * **our supervisor**, the default of `erofsd daemon` (whatever else the command line says,
+//!   README, demo and systemd unit alike): a small parent process that runs the daemon as a
+//!   child, keeps the fds it is sent over a unix socket (SCM_RIGHTS), hands them to the next
+//!   child, and restarts a child that died abnormally (e.g. SIGKILL). A child that exits with an
+//!   error before anything was parked failed to start: it is not restarted, and the supervisor
+//!   exits with its code. `--supervise` is still accepted and changes nothing;
+//! * **systemd's FD store**, only for a daemon run with `--unsafe-no-supervisor` under a unit
+//!   that offers one (`$NOTIFY_SOCKET`): the daemon sends `FDSTORE=1` + `FDNAME=<name>` with the
+//!   fd; on restart systemd passes it back as `LISTEN_FDS` / `LISTEN_FDNAMES`. No test has run
+//!   this under a real systemd, so nothing relies on it: the shipped unit runs the supervisor;
+//! * none: `--unsafe-no-supervisor` without an FD store. The daemon warns loudly at start.
 //!
 //! Front-ends use the process-wide [`fd_store`]: `take(name)` at start, `store(name, fd)` after
 //! setting a channel up, `remove(name)` on a clean shutdown (so the holder lets the channel go).
 //!
-//! Supervisor protocol (SOCK_SEQPACKET socketpair, child end passed as `EROFSD_SUPERVISOR_FD`):
+//! Supervisor protocol (SOCK_SEQPACKET socketpair, child end passed as `EROFSD_SUPERVISOR_FD`,
+//! whose presence also tells `erofsd daemon` that it is the child and must not supervise):
 //! child → `HELLO`; supervisor → one `FD <name>` message per held fd (fd attached), then `END`.
 //! child → `STORE <name>` (fd attached) | `REMOVE <name>` | `STOPPING` (a clean shutdown has
 //! begun). Nothing is answered to those.
 //!
 //! The two processes guard each other. The supervisor restarts a worker that dies; a worker
 //! whose supervisor dies (its socket reaches EOF) starts a new one in *adopt* mode
-//! (`EROFSD_ADOPT=<worker pid>:<socket fd>`, same command line plus `--supervise`) and parks
-//! every fd it has parked before with it. So one SIGKILL, of either process, never leaves the
-//! kernel channels without a holder; only both dying together (a cgroup kill) does.
+//! (`EROFSD_ADOPT=<worker pid>:<socket fd>`, same command line) and parks every fd it has
+//! parked before with it. So one SIGKILL, of either process, never leaves the kernel channels
+//! without a holder; only both dying together (a cgroup kill) does, and that no process of ours
+//! can cover: the kernel has no fail-closed fanotify group (docs/fanotify.md).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -203,8 +210,10 @@ impl FdStore {
     /// the holder. Returns our socket end (to watch) and the new supervisor's process.
     fn reguard(&mut self) -> io::Result<(OwnedFd, std::process::Child)> {
         // /proc/self/exe still runs if the binary was replaced on disk since we started.
+        // Same command line: supervision is the default (`erofsd daemon` without
+        // `--unsafe-no-supervisor`, which a supervised worker never has).
         let mut cmd = std::process::Command::new("/proc/self/exe");
-        cmd.args(std::env::args_os().skip(1)).arg("--supervise");
+        cmd.args(std::env::args_os().skip(1));
         // Its own session: a terminal's ^C reaches the daemon once, not twice.
         let (child, ours) = spawn_with_socket(cmd, ADOPT_ENV, |fd| format!("{}:{fd}", std::process::id()), true)?;
         for (name, f) in &self.parked {
@@ -385,6 +394,8 @@ enum Worker {
 /// How a worker ended.
 enum Ended {
     Clean,
+    /// Error exit with nothing held: a failed start, not a crash.
+    FailedToStart(i32),
     Crashed(String),
 }
 
@@ -493,7 +504,14 @@ pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
             match (sig, &mut worker) {
                 (nix::sys::signal::SIGCHLD, Worker::Child(child)) => {
                     if let Some(st) = child.try_wait().context("waitpid")? {
-                        break if st.success() { Ended::Clean } else { Ended::Crashed(describe_status(st)) };
+                        break match st.code() {
+                            Some(0) => Ended::Clean,
+                            // An error exit before any channel was parked: the daemon could not
+                            // start (bad config, device busy, cache locked); the same start would
+                            // fail again, and there is nothing to keep.
+                            Some(code) if held.lock().expect("held").is_empty() => Ended::FailedToStart(code),
+                            _ => Ended::Crashed(describe_status(st)),
+                        };
                     }
                 }
                 (nix::sys::signal::SIGCHLD, Worker::Adopted(_)) => {
@@ -525,6 +543,10 @@ pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
                 info!("supervisor: daemon exited cleanly");
                 release_held(&held, &set);
                 return Ok(0);
+            }
+            Ended::FailedToStart(code) => {
+                info!("supervisor: daemon exited with {code} before parking any kernel channel: not restarted");
+                return Ok(code);
             }
             Ended::Crashed(how) => how,
         };

@@ -18,21 +18,28 @@ pub fn require_fanotify(test: &str, dir: &Path) -> bool {
 }
 
 pub struct Daemon {
+    /// The process we started: the supervisor, unless `supervise` is false.
     pub child: Option<Child>,
     pub dir: PathBuf,
     pub cache: PathBuf,
     pub socket: PathBuf,
+    /// true: the default command line (a supervisor runs the worker as its child); false:
+    /// `--unsafe-no-supervisor`, one process that serves (killing `child` kills the worker).
     pub supervise: bool,
     pub frontend: &'static str,
     /// More `erofsd daemon` flags (e.g. `--cache-max-size`).
     pub extra_args: Vec<String>,
+    /// A whole command line instead of the one built from the fields above: program, arguments,
+    /// and whether the environment is cleared first (as systemd starts a unit).
+    pub command: Option<(PathBuf, Vec<std::ffi::OsString>, bool)>,
     /// A supervisor that is not our child: the worker started it after ours was killed.
     pub adopted_supervisor: Option<i32>,
     log: PathBuf,
 }
 
 impl Daemon {
-    /// Starts a daemon with its cache and socket under `dir`; waits until the API answers.
+    /// Starts a daemon with its cache under `dir`; waits until the API answers. `supervise`:
+    /// see the field.
     pub fn start(dir: &Path, supervise: bool) -> Daemon {
         Self::start_with(dir, supervise, "fanotify")
     }
@@ -48,9 +55,22 @@ impl Daemon {
             socket: short_socket_path(),
             supervise,
             extra_args: Vec::new(),
+            command: None,
             adopted_supervisor: None,
             log: dir.join("daemon.log"),
         };
+        d.spawn();
+        d
+    }
+
+    /// Runs `program args…` exactly (a command line taken from the README, a script or a unit),
+    /// which must serve its API on `socket` and keep its cache in `cache`.
+    pub fn start_command(dir: &Path, program: PathBuf, args: Vec<std::ffi::OsString>, cache: PathBuf, socket: PathBuf, clean_env: bool) -> Daemon {
+        let mut d = Self::start_with_no_spawn(dir);
+        d.supervise = true;
+        d.cache = cache;
+        d.socket = socket;
+        d.command = Some((program, args, clean_env));
         d.spawn();
         d
     }
@@ -72,6 +92,7 @@ impl Daemon {
             socket: short_socket_path(),
             supervise: false,
             extra_args: Vec::new(),
+            command: None,
             adopted_supervisor: None,
             log: dir.join("daemon.log"),
         }
@@ -85,18 +106,22 @@ impl Daemon {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let mut cmd = Command::new(cli::erofsd_bin());
-        cmd.args(["daemon", "--frontend", self.frontend, "--cache-dir"])
-            .arg(&self.cache)
-            .arg("--api-socket")
-            .arg(&self.socket)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        if self.supervise {
-            cmd.arg("--supervise");
+        let mut cmd;
+        if let Some((program, args, clean_env)) = &self.command {
+            cmd = Command::new(program);
+            cmd.args(args);
+            if *clean_env {
+                cmd.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+            }
+        } else {
+            cmd = Command::new(cli::erofsd_bin());
+            cmd.args(["daemon", "--frontend", self.frontend, "--cache-dir"]).arg(&self.cache).arg("--api-socket").arg(&self.socket);
+            if !self.supervise {
+                cmd.arg("--unsafe-no-supervisor");
+            }
+            cmd.args(&self.extra_args);
         }
-        cmd.args(&self.extra_args);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         self.child = Some(cmd.spawn().expect("start erofsd daemon"));
         self.wait_api();
     }
@@ -196,7 +221,7 @@ impl Daemon {
         self.spawn();
     }
 
-    /// The worker process under `--supervise` (the supervisor's child).
+    /// The worker process (the supervisor's child).
     pub fn worker_pid(&self) -> i32 {
         let sup = self.child.as_ref().expect("running").id();
         let t0 = Instant::now();

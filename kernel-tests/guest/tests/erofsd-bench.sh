@@ -24,7 +24,7 @@ fastest() { echo $1 | tr ' ' '\n' | sort -n | head -n 1; }   # of a list of pass
 # (/proc/stat: all but idle and iowait) and the daemon's user and system time (all threads).
 # Under TCG the cold ratio is a question of emulated CPU, so the table shows where it goes.
 busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
-daemon_ticks() { awk '{ print $14, $15 }' "/proc/$DAEMON_PID/stat"; }
+daemon_ticks() { awk '{ print $14, $15 }' "/proc/$(worker_pid)/stat"; }
 cs() { awk "BEGIN { printf \"%.2f\", ($1) / 100 }"; }   # ticks -> CPU-s
 
 # Native: bootstrap and each blob's raw address space on loop devices, in device-table order.

@@ -122,7 +122,7 @@ pub fn start_cachefiles_with(config: &Config, filler: Filler, loader: Option<Ima
                         warn!("cachefiles: parking the device fd with the {}: {e}; a crash will fail all mounts", store.describe());
                     }
                 } else {
-                    warn!("cachefiles: no fd holder (run `erofsd daemon --supervise` or under systemd with an FD store): if this daemon dies, its mounts fail until remounted");
+                    warn!("cachefiles: no fd holder (`erofsd daemon` runs a supervisor unless --unsafe-no-supervisor; nydusd relies on the snapshotter's --supervisor): if this process dies, its mounts fail until remounted");
                 }
                 (dev, false)
             }

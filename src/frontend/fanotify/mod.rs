@@ -14,7 +14,7 @@
 //! * [`metrics`] — counters.
 //!
 //! Crash safety (docs/fanotify.md): the group fd and the write fds are parked with the holder
-//! (`erofsd daemon --supervise`, or systemd's FD store); a restarted worker takes them back,
+//! (the supervisor `erofsd daemon` runs by default); a restarted worker takes them back,
 //! answers the journaled events, denies any other orphan, then serves. Shutdown unmounts
 //! before the group is released.
 
@@ -125,7 +125,7 @@ impl FanotifyFrontend {
                         warn!("parking the fanotify group with the holder: {e}");
                     }
                     if !store.has_holder() {
-                        warn!("fanotify: no fd holder (run `erofsd daemon --supervise` or under systemd with FileDescriptorStoreMax=): a crash of this process lets blocked readers through to unfilled ranges");
+                        warn!("fanotify: NO FD HOLDER: if this process dies, the group closes, the kernel allows every pending and later read, and unfilled ranges of the mounted images read as ZEROS with no error (run `erofsd daemon` without --unsafe-no-supervisor)");
                     }
                     (g, false)
                 }
