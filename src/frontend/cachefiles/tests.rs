@@ -73,8 +73,14 @@ pub(super) fn standin(dir: &std::path::Path) -> (std::path::PathBuf, Arc<crate::
     let out = dir.join("img");
     let opts = crate::build::BuildOptions { chunk_size_log2: 16, group_size_log2: 16, ..Default::default() };
     crate::build::build(&[crate::build::Source::from_arg(&tree)], &out, &opts).unwrap();
-    let image = ImageStore::new().load_dir(&out).unwrap();
+    let (image, shared, peer) = serving(dir, &out);
+    (out, image, shared, peer)
+}
 
+/// The image at `img` loaded and registered as fsid `img1`, with the front-end's shared state
+/// over a seqpacket "device". Returns (image, shared state, peer end).
+pub(super) fn serving(dir: &std::path::Path, img: &std::path::Path) -> (Arc<crate::core::images::Image>, Arc<Shared>, OwnedFd) {
+    let image = ImageStore::new().load_dir(img).unwrap();
     let (ours, peer) = seqpacket();
     let shared = Arc::new(Shared {
         device: Device::from(ours),
@@ -86,9 +92,40 @@ pub(super) fn standin(dir: &std::path::Path) -> (std::path::PathBuf, Arc<crate::
     });
     shared
         .registry
-        .add(Registration::new("img1".into(), None, image.clone(), out.clone(), "/mnt/x".into()).unwrap())
+        .add(Registration::new("img1".into(), None, image.clone(), img.to_path_buf(), "/mnt/x".into()).unwrap())
         .unwrap();
-    (out, image, shared, peer)
+    (image, shared, peer)
+}
+
+/// An image with interior holes (the previous builder's fixture): the bootstrap object is the
+/// redirected copy, its size includes the zero extent, and a READ there writes zeros.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interior_holes_are_served_through_a_zero_extent() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/interior-holes");
+    let (image, shared, peer) = serving(dir.path(), &fixture);
+    let want = erofs::holes::redirect_interior_holes(&image.bootstrap).unwrap().expect("the fixture has interior holes");
+    assert_ne!(want.bootstrap, *image.bootstrap);
+    let (handle, stop) = reader::spawn(shared.clone()).unwrap();
+    let (boot_file, boot_fd) = anon_file(dir.path(), "boot");
+    send(&peer, &build::open(1, 10, b"erofs,img1", b"img1", boot_fd));
+    assert_eq!(command(&peer), format!("copen 1,{}", want.size));
+    let len = want.bootstrap.len() as u64;
+    wait_for("bootstrap prefill", || boot_file.metadata().unwrap().len() >= len);
+    let mut back = vec![0u8; want.bootstrap.len()];
+    boot_file.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == want.bootstrap, "the redirected bootstrap is written, not the original");
+    // The zero extent is served on demand, as zeros.
+    let zero_at = want.zero_blkaddr as u64 * 4096;
+    std::fs::OpenOptions::new().write(true).open(dir.path().join("boot")).unwrap().write_all_at(&[0xAA; 4096], zero_at).unwrap();
+    send(&peer, &build::read(2, 10, zero_at, 65536));
+    wait_for("READ completion", || shared.metrics.complete_errors.load(Ordering::Relaxed) == 1);
+    assert_eq!(shared.metrics.reads_failed.load(Ordering::Relaxed), 0);
+    let mut zeros = vec![1u8; 65536];
+    boot_file.read_exact_at(&mut zeros, zero_at).unwrap();
+    assert!(zeros.iter().all(|&b| b == 0), "the zero extent reads as zeros");
+    stop.stop();
+    handle.join().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
