@@ -1,17 +1,13 @@
 #!/bin/bash
 # Inputs for guest/tests/erofsd-nydus.sh: the nydus RAFS v6 fixture images (built by
-# nydus-image, see shared/fixtures/nydus/README.md) copied to OUT/nydus-<name>/, and one
+# nydus-image, see tests/fixtures/nydus/README.md) copied to OUT/nydus-<name>/, and one
 # manifest of the tree they were all built from (`ktest-tree manifest --xattrs`, made here on
 # the host from tree.tar.gz unpacked as root with xattrs and numeric owners).
 #   nydus-inputs.sh OUT KTEST_TREE
-# Without the fixtures it writes nothing and says so (the guest test then fails loudly).
 set -euo pipefail
 OUT="$1" KTREE="$2"
-FIX="${EROFSD_NYDUS_FIXTURES:-/work/shared/fixtures/nydus}"
-if [ ! -f "$FIX/tree.tar.gz" ]; then
-    echo "NOTE: no nydus fixtures at $FIX; erofsd-nydus will fail" >&2
-    exit 0
-fi
+FIX="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/fixtures/nydus"
+[ -f "$FIX/tree.tar.gz" ] || { echo "nydus-inputs: no nydus fixtures at $FIX" >&2; exit 1; }
 mkdir -p "$OUT"
 for name in dir-zstd dir-lz4_block targz-rafs targz-ref; do
     rm -rf "$OUT/nydus-$name"

@@ -1,4 +1,4 @@
-//! nydus RAFS v6 images (shared/fixtures/nydus, built by nydus-image from one known tree)
+//! nydus RAFS v6 images (tests/fixtures/nydus, built by nydus-image from one known tree)
 //! served through the fanotify front-end on the host kernel: every supported fixture mounts
 //! and reads byte-exact (content and metadata) against the unpacked source tree, and a partial
 //! read fetches only the chunk it touches. Needs root and a 6.14+ kernel with EROFS
@@ -14,9 +14,7 @@ use common::compare::{assert_trees_equal, Mtime, Options};
 use fanotify_harness::{open_without_readahead, require_fanotify, Daemon, MountDir};
 
 fn nydus_fixtures() -> PathBuf {
-    let p = std::env::var_os("EROFSD_NYDUS_FIXTURES").map(PathBuf::from).unwrap_or_else(|| "/work/shared/fixtures/nydus".into());
-    assert!(p.join("tree.tar.gz").exists(), "nydus fixtures missing at {} (set EROFSD_NYDUS_FIXTURES)", p.display());
-    p
+    common::fixtures::nydus()
 }
 
 /// Unpacks the fixtures' source tree (as root, keeping xattrs and owners) into `dir/tree`.

@@ -15,9 +15,10 @@ use erofsd::core::fill::{Filler, Target};
 use erofsd::core::images::ImageStore;
 use erofsd::core::writer::Writer;
 
+/// The nydus fixture images, in the repository (tests/fixtures/nydus).
 fn fixtures() -> PathBuf {
-    let p = std::env::var_os("EROFSD_NYDUS_FIXTURES").map(PathBuf::from).unwrap_or_else(|| "/work/shared/fixtures/nydus".into());
-    assert!(p.join("tree.tar.gz").exists(), "nydus fixtures missing at {} (set EROFSD_NYDUS_FIXTURES)", p.display());
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nydus");
+    assert!(p.join("tree.tar.gz").exists(), "nydus fixtures missing at {}", p.display());
     p
 }
 

@@ -453,11 +453,7 @@ fn registry_backed_rafs_bind_survives_takeover() {
     if !reg::require_registry(test) {
         return;
     }
-    let fixtures = std::env::var_os("EROFSD_NYDUS_FIXTURES").map(PathBuf::from).unwrap_or_else(|| "/work/shared/fixtures/nydus".into());
-    let fx = fixtures.join("dir-zstd");
-    if !common::env::require(fx.join("image.boot").exists(), test, &format!("the nydus fixtures at {} (EROFSD_NYDUS_FIXTURES)", fixtures.display())) {
-        return;
-    }
+    let fx = common::fixtures::nydus().join("dir-zstd");
     let t = tempfile::tempdir().unwrap();
     // Two users: the bind's credentials are renewed from alice's to bob's on the way.
     let htpasswd = t.path().join("htpasswd");

@@ -265,10 +265,7 @@ fn reads_mkfs_erofs_blobdev_images() {
 
 #[test]
 fn nydus_fixture_bootstraps_open_and_walk() {
-    let base = Path::new("/work/shared/fixtures/nydus");
-    if !require(base.join("dir-zstd/image.boot").exists(), "nydus fixtures not present") {
-        return;
-    }
+    let base = &nydus_fixtures();
     let sums = std::fs::read_to_string(base.join("tree.sha256")).unwrap();
     let regular: Vec<String> = sums.lines().map(|l| l.split_whitespace().nth(1).unwrap().trim_start_matches("./").to_string()).collect();
     let mut opened = 0;

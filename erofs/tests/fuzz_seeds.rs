@@ -168,10 +168,7 @@ fn write_seeds() {
     for i in 0..4 {
         write_file(&out.join(format!("bad-mangled-{i}.boot")), &mutate(&boot, &mut rng));
     }
-    let nydus = Path::new("/work/shared/fixtures/nydus/dir-zstd/image.boot");
-    if nydus.exists() {
-        std::fs::copy(nydus, out.join("ok-nydus-rafs6.boot")).unwrap();
-    }
+    std::fs::copy(nydus_fixtures().join("dir-zstd/image.boot"), out.join("ok-nydus-rafs6.boot")).unwrap();
     // An image from mkfs.erofs (erofs-utils 1.5) with a blob device.
     if have_tool("mkfs.erofs") {
         let tmp = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@
 //! ([`group`]). Daemon policy (what to mark, how to fill, shutdown order)
 //! lives in erofsd.
 //!
-//! Facts: /work/shared/notes/fanotify-precontent.md.
+//! Facts: ../shared/notes/fanotify-precontent.md.
 
 pub mod consts;
 pub mod event;

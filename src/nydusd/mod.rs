@@ -6,7 +6,7 @@
 //! then mounts `-t erofs -o fsid=…,domain_id=…` by itself; we answer the kernel's cachefiles
 //! requests for it through the cachefiles front-end ([`crate::frontend::cachefiles`]). The
 //! daemon states are in [`state`], failover over the snapshotter's supervisor socket in
-//! [`failover`]. The contract we follow: /work/shared/notes/nydus-compat.md Part B; users'
+//! [`failover`]. The contract we follow: ../shared/notes/nydus-compat.md Part B; users'
 //! guide and deviations: docs/nydus.md.
 
 pub mod api;

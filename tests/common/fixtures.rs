@@ -21,6 +21,13 @@ pub fn fixture(name: &str) -> PathBuf {
     dir
 }
 
+/// The nydus RAFS v6 fixture images, in the repository (tests/fixtures/nydus, see its README).
+pub fn nydus() -> PathBuf {
+    let dir = repo_root().join("tests/fixtures/nydus");
+    assert!(dir.join("tree.tar.gz").exists(), "nydus fixtures missing at {}", dir.display());
+    dir
+}
+
 /// Scratch directory for one test: on the same disk as the fixtures (not tmpfs: images of the
 /// rootfs are hundreds of MB), removed when dropped. EROFSD_SCRATCH overrides the base.
 pub fn scratch(test: &str) -> tempfile::TempDir {

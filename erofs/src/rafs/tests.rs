@@ -212,21 +212,16 @@ fn chunks_decode_and_verify() {
     assert_eq!(blake3::hash(b"").to_hex().as_str(), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
 }
 
-/// The nydus fixture images (`$EROFSD_NYDUS_FIXTURES`, default /work/shared/fixtures/nydus), or
-/// `None` after a loud skip on a machine without them; under CI their absence fails the test.
-pub(crate) fn fixture_dir() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("EROFSD_NYDUS_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|| "/work/shared/fixtures/nydus".into());
-    if !dir.exists() {
-        assert!(std::env::var_os("CI").is_none(), "nydus fixtures missing at {} under CI", dir.display());
-        eprintln!("SKIP (loud): nydus fixtures not present at {}; set EROFSD_NYDUS_FIXTURES", dir.display());
-        return None;
-    }
-    Some(dir)
+/// The nydus fixture images, in the repository (tests/fixtures/nydus, see its README).
+pub(crate) fn fixture_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nydus");
+    assert!(dir.join("tree.tar.gz").exists(), "nydus fixtures missing at {}", dir.display());
+    dir
 }
 
 #[test]
 fn real_fixture_blob_tables_parse() {
-    let Some(dir) = fixture_dir() else { return };
+    let dir = fixture_dir();
     for (name, comp) in [("dir-zstd", Compressor::Zstd), ("dir-lz4_block", Compressor::Lz4Block), ("targz-rafs", Compressor::Zstd)] {
         let boot = std::fs::read(dir.join(name).join("image.boot")).unwrap();
         assert!(is_rafs_v6(&boot));
@@ -264,7 +259,7 @@ fn listed_chunks(boot: &[u8], index: u32) -> std::collections::BTreeSet<u32> {
 /// changed byte of decoded data is a "blake3 mismatch".
 #[test]
 fn real_fixture_blake3_digests_verify_every_chunk() {
-    let Some(dir) = fixture_dir() else { return };
+    let dir = fixture_dir();
     for name in ["dir-zstd", "dir-lz4_block", "targz-rafs"] {
         let (boot, b, blob, mut chunks) = fixture_blob(&dir, name);
         let flags = u64_at(&boot, EXT_SB_OFFSET) & (FLAG_HASH_BLAKE3 | FLAG_HASH_SHA256);
@@ -307,7 +302,7 @@ fn real_fixture_blake3_digests_verify_every_chunk() {
 /// in both places attaches digests that every good chunk then fails: why a guess is not made.
 #[test]
 fn digest_algorithm_needs_flags_and_blob_table_to_agree() {
-    let Some(dir) = fixture_dir() else { return };
+    let dir = fixture_dir();
     let (boot, b, blob, chunks) = fixture_blob(&dir, "dir-zstd");
     let with = |flags: u64, algo: u32| {
         let mut bb = boot.clone();

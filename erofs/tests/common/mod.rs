@@ -61,6 +61,13 @@ pub fn raw_blob(id_byte: u8, content: &[u8]) -> BlobRecord {
     }
 }
 
+/// The nydus RAFS v6 fixture images, in the repository (tests/fixtures/nydus, see its README).
+pub fn nydus_fixtures() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nydus");
+    assert!(dir.join("tree.tar.gz").exists(), "nydus fixtures missing at {}", dir.display());
+    dir
+}
+
 pub fn have_tool(name: &str) -> bool {
     Command::new(name).arg("--help").output().is_ok()
 }
