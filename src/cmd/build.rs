@@ -94,8 +94,15 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     outln!(out, 
-        "data {} bytes: {} inline files, {} chunked files; chunks {} stored, {} deduplicated, {} zero (one stored zero chunk), {} trailing holes",
-        c.source_bytes, c.inline_files, c.chunked_files, c.chunks_stored, c.chunks_deduped, c.chunks_zero, c.chunks_holes
+        "data {} bytes: {} inline files, {} chunked files; chunks {} stored, {} deduplicated, {} zero{}, {} trailing holes",
+        c.source_bytes,
+        c.inline_files,
+        c.chunked_files,
+        c.chunks_stored,
+        c.chunks_deduped,
+        c.chunks_zero,
+        if c.chunks_zero > 0 { " (one stored zero chunk)" } else { "" },
+        c.chunks_holes
     );
     print_report(&out);
     Ok(())
