@@ -346,14 +346,24 @@ mod tests {
 
     /// The real kernel's log, through a real fs context: an unknown parameter is refused by
     /// the fsconfig call itself, with the key named in the log. Skips where erofs or the new
-    /// mount API is missing or not permitted (unprivileged).
+    /// mount API is missing or not permitted (unprivileged), loudly; fails then under CI=true.
     #[test]
     fn kernel_fs_context_log_reaches_the_error() {
         let fstype = CString::new("erofs").unwrap();
         // SAFETY: as in mount_new_api.
         let r = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), libc::FSOPEN_CLOEXEC as libc::c_uint) };
         if r < 0 {
-            eprintln!("SKIP kernel_fs_context_log_reaches_the_error: fsopen erofs: {}", Errno::last());
+            // As tests/common/env.rs::require: loud here, a failure under CI=true.
+            let what = format!("fsopen(\"erofs\") (root, EROFS, the new mount API): {}", Errno::last());
+            let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0");
+            assert!(!ci, "kernel_fs_context_log_reaches_the_error: requires {what} (CI is set, so this is a failure)");
+            eprintln!("\n*** SKIP kernel_fs_context_log_reaches_the_error: requires {what} (would FAIL under CI=true) ***\n");
+            if let Some(log) = std::env::var_os("EROFSD_SKIP_LOG") {
+                use std::io::Write;
+                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(log) {
+                    let _ = writeln!(f, "SKIP kernel_fs_context_log_reaches_the_error: requires {what}");
+                }
+            }
             return;
         }
         // SAFETY: fsopen returned this descriptor.
