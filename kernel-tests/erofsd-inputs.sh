@@ -12,6 +12,7 @@
 #   alltypes/   every file type, owner, mode, name and xattr edge (scripts/make-fixtures.sh)
 #   rootfs/     debootstrap bookworm rootfs (make-fixtures.sh rootfs), when it can be had
 #   l1/ l2/     two merged two-layer images sharing their first layer's blob (domain test)
+#   many/       128 layers merged, one blob each (erofsd-many-layers)
 #   one/ corrupt/   one 2 MiB file (also as one-data.bin); corrupt/ has bytes flipped mid-blob
 # Images with the same blob id share one Blob in the daemon (content addressing), so tests never
 # mount a damaged copy next to its intact original.
@@ -123,6 +124,24 @@ b1=$(ls "$OUT/l1/blobs") b2=$(ls "$OUT/l2/blobs")
 shared=$(printf '%s\n%s\n' "$b1" "$b2" | sort | uniq -d | wc -l)
 [ "$shared" = 1 ] || { echo "erofsd-inputs: l1 and l2 should share exactly one blob" >&2; exit 1; }
 printf '%s\n' "$b1" "$b2" | sort -u | wc -l >"$OUT/l-blob-count"
+
+# 128 layers merged into one image, one blob per layer (erofsd-many-layers): every layer has a
+# file of its own past the inline size (so its blob holds data), overrides common.txt, and every
+# 8th replaces over/every8.bin; many.manifest is of the layers copied in order into one tree.
+mkdir -p "$scratch/many-merged"
+layers=()
+for i in $(seq -w 0 127); do
+    l="$scratch/many/l$i"; mkdir -p "$l/own" "$l/over"
+    head -c $((3000 + 10#$i * 37)) /dev/urandom >"$l/own/layer-$i.bin"
+    echo "layer $i" >"$l/common.txt"
+    [ $((10#$i % 8)) != 0 ] || head -c $((5000 + 10#$i)) /dev/urandom >"$l/over/every8.bin"
+    layers+=("$l")
+    cp -a "$l/." "$scratch/many-merged/"
+done
+image many "${layers[@]}" -- --merge
+manifest "$scratch/many-merged" "$OUT/many.manifest"
+n=$(ls "$OUT/many/blobs" | wc -l)
+[ "$n" = 128 ] || { echo "erofsd-inputs: the 128-layer image has $n blobs" >&2; exit 1; }
 
 # One file, and the same image with a corrupted group.
 mkdir -p "$scratch/one"

@@ -181,3 +181,84 @@ fn fanotify_concurrent_readers_mark_removal_and_restart_keeps_data() {
 fn fanotify_harness_is_mounted(p: &Path) -> bool {
     erofsd::frontend::fanotify::sysmount::is_erofs_mount(p)
 }
+
+/// `n` layer directories under `dir` and their merge (the layers copied in order with `cp -a`
+/// into one tree): each layer has a file of its own past the inline size (so each layer has a
+/// blob), overrides `common.txt`, and every 8th replaces `over/every8.bin`.
+fn make_layers(dir: &Path, n: usize) -> (Vec<std::path::PathBuf>, std::path::PathBuf) {
+    let merged = dir.join("merged");
+    std::fs::create_dir_all(&merged).unwrap();
+    let mut layers = Vec::new();
+    for i in 0..n {
+        let l = dir.join(format!("layers/l{i:03}"));
+        std::fs::create_dir_all(l.join("own")).unwrap();
+        std::fs::create_dir_all(l.join("over")).unwrap();
+        std::fs::write(l.join(format!("own/layer-{i:03}.bin")), noise(3000 + i * 37, 1000 + i as u64)).unwrap();
+        std::fs::write(l.join("common.txt"), format!("layer {i}\n")).unwrap();
+        if i % 8 == 0 {
+            std::fs::write(l.join("over/every8.bin"), noise(5000 + i, 5000 + i as u64)).unwrap();
+        }
+        let mut src = l.clone().into_os_string();
+        src.push("/.");
+        cli::run_ok("cp", ["-a".as_ref(), src.as_os_str(), merged.as_os_str()]);
+        layers.push(l);
+    }
+    (layers, merged)
+}
+
+/// An image of `n` layers built with `--merge` (one blob each) through the fanotify door: the
+/// mount has `n` blob devices (passed one `fsconfig` call each, past mount(2)'s one-page option
+/// limit), and every file equals the merged layers byte for byte. `daemon_dir` holds the cache.
+fn many_layers(test: &str, n: usize, daemon_dir: impl Fn(&Path) -> std::path::PathBuf) {
+    let s = fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let (layers, merged) = make_layers(s.path(), n);
+    let img = s.path().join("img");
+    let srcs: Vec<&Path> = layers.iter().map(|p| p.as_path()).collect();
+    cli::erofsd_build(&srcs, &img, &["--merge"]);
+    let blobs = std::fs::read_dir(img.join("blobs")).unwrap().count();
+    assert_eq!(blobs, n, "the {n}-layer image should have one blob per layer");
+    let dd = daemon_dir(s.path());
+    std::fs::create_dir_all(&dd).unwrap();
+    let d = Daemon::start(&dd, false);
+    let mnt = MountDir::new(s.path(), "mnt");
+    d.mount(&img, &mnt.0);
+    let m = d.metrics();
+    let files = m["frontend"]["cache_files"].as_object().map(|o| o.len()).unwrap_or(0);
+    assert_eq!(files, n, "the mount should use {n} blob cache files: {m}");
+    let options: usize = d.cache.join("blobs").to_string_lossy().len() + 1 + 64 + "device=,".len();
+    assert!(options * n > 4095, "the device list ({} bytes) should exceed the old one-page limit", options * n);
+    let r = assert_trees_equal(&merged, &mnt.0, &Options::default());
+    assert!(r.regular_files >= n + 1, "only {} regular files compared", r.regular_files);
+    assert_eq!(std::fs::read_to_string(mnt.0.join("common.txt")).unwrap(), format!("layer {}\n", n - 1));
+    assert!(d.frontend("events") > 0, "the reads went through pre-content events");
+    assert_eq!(d.frontend("denied"), 0);
+    let m = d.metrics();
+    let untouched: Vec<&String> = m["frontend"]["cache_files"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["groups_fetched"].as_u64().unwrap_or(0) == 0)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(untouched.is_empty(), "blobs never read through the mount: {untouched:?}");
+    d.umount(&mnt.0);
+}
+
+/// The size in the report: 60 layers, refused by mount(2)'s 4095-byte option limit before. The
+/// cache dir is over 255 bytes deep, so every path goes to `fsconfig` as `/proc/self/fd/N`.
+#[test]
+fn fanotify_60_layers_long_cache_path() {
+    many_layers("fanotify_60_layers_long_cache_path", 60, |base| {
+        let p = base.join("c".repeat(100)).join("d".repeat(100)).join("e".repeat(60));
+        assert!(p.join("cache/blobs").as_os_str().len() > 255);
+        p
+    });
+}
+
+#[test]
+fn fanotify_128_layers_byte_exact() {
+    many_layers("fanotify_128_layers_byte_exact", 128, |base| base.join("daemon"));
+}

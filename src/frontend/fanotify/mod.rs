@@ -1,16 +1,17 @@
 //! The fanotify front-end (Linux 6.14+ pre-content events on file-backed EROFS mounts).
 //!
-//! Each image is mounted with mount(2) from its bootstrap file, with each blob given as
-//! `device=<cache>/blobs/<id>`: a sparse cache file marked `FAN_PRE_ACCESS`. When EROFS reads
-//! a range of a cache file, the kernel holds the reader and sends us an event; we fill the
-//! range from the blob source (the core's [`Filler`]) and answer ALLOW, or EIO on failure.
+//! Each image is mounted (new mount API, [`sysmount`]) from its bootstrap file, with each blob
+//! given as a `device`, `<cache>/blobs/<id>`: a sparse cache file marked `FAN_PRE_ACCESS`.
+//! When EROFS reads a range of a cache file, the kernel holds the reader and sends us an event;
+//! we fill the range from the blob source (the core's [`Filler`]) and answer ALLOW, or EIO on
+//! failure.
 //!
 //! * [`probe`] — can this machine do it (tries a real group and mark in the cache dir);
 //! * [`cache`] — cache files, marks, write fds, (dev, ino) → blob;
 //! * [`listener`] — the event thread and the fill tasks;
 //! * [`journal`] — events taken but not answered, for a restarted worker;
 //! * [`state`] — the mount table a restarted worker re-adopts;
-//! * [`sysmount`] — mount(2)/umount2(2);
+//! * [`sysmount`] — fsopen/fsconfig/fsmount/move_mount (mount(2) without them), umount2(2);
 //! * [`metrics`] — counters.
 //!
 //! Crash safety (docs/fanotify.md): the group fd and the write fds are parked with the holder

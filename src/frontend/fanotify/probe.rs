@@ -20,7 +20,7 @@ pub fn probe_in(cache_dir: &Path) -> Support {
         details.push("running as root".into());
     } else {
         usable = false;
-        details.push("not root: fanotify pre-content groups and mount(2) need CAP_SYS_ADMIN".into());
+        details.push("not root: fanotify pre-content groups and mounting need CAP_SYS_ADMIN".into());
     }
 
     let erofs = erofs_registered();
