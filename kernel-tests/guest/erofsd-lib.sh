@@ -22,8 +22,10 @@ start_daemon() {
 
 # worker_pid: the process that serves. DAEMON_PID is its supervisor (`erofsd daemon` always
 # runs one, unless --unsafe-no-supervisor).
+# The guest kernel has no /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN): scan for the
+# supervisor's child instead.
 worker_pid() {
-    set -- $(cat /proc/"$DAEMON_PID"/task/*/children 2>/dev/null)
+    set -- $(children_of "$DAEMON_PID")
     echo "${1:-$DAEMON_PID}"
 }
 
