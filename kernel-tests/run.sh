@@ -7,7 +7,7 @@
 #   --suite    run only tests whose name starts with NAME (a comma-separated list of
 #              prefixes is allowed: --suite cachefiles,erofs-loop)
 #              (tests are kernel-tests/guest/tests/<name>.sh)
-#   --timeout  wall-clock limit per boot in seconds (default 1500; TCG is slow: the 21 guest tests take 10–15 minutes)
+#   --timeout  wall-clock limit per boot in seconds (default 1500; TCG is slow: the 22 guest tests take 6–15 minutes)
 #   --list     print the test names and exit
 #
 # Per kernel: build-kernel.sh VERSION (cached), build guest-bin static, make the test data
