@@ -374,44 +374,58 @@ fn daemon_args(line: &str) -> Vec<String> {
         .collect()
 }
 
+/// How a test starts the daemon: program, arguments, cache dir, API socket, and whether the
+/// environment is cleared (as systemd starts a unit).
+struct StartedAs {
+    program: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    cache: PathBuf,
+    socket: PathBuf,
+    clean_env: bool,
+}
+
+/// The daemon started as `start` makes it from the scratch dir serves a random image, its
+/// worker is SIGKILLed during cold random reads, and no read sees a wrong byte
+/// ([`random_reads_survive_worker_kill`]).
+fn survives_worker_kill_as_started(test: &str, scratch: &str, start: impl FnOnce(&Path) -> StartedAs) {
+    let s = fixtures::scratch(scratch);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let StartedAs { program, args, cache, socket, clean_env } = start(s.path());
+    let (data, img) = random_image(s.path());
+    let d = Daemon::start_command(s.path(), program, args, cache, socket, clean_env);
+    random_reads_survive_worker_kill(d, data, &img, MountDir::new(s.path(), "mnt"));
+}
+
 /// `erofsd daemon` as the README starts it: `--frontend auto` and nothing else, plus the cache
 /// dir and API socket a test needs.
 #[test]
 fn fanotify_readme_daemon_sigkill_during_random_reads() {
-    let test = "fanotify_readme_daemon_sigkill_during_random_reads";
-    let s = fixtures::scratch("fan-readme");
-    if !require_fanotify(test, s.path()) {
-        return;
-    }
-    let readme = std::fs::read_to_string(common::env::repo_root().join("README.md")).unwrap();
-    let line = readme.lines().find(|l| l.contains("erofsd daemon") && l.trim_start().starts_with("sudo ")).expect("README starts the daemon");
-    let mut args: Vec<std::ffi::OsString> = vec!["daemon".into()];
-    args.extend(daemon_args(line).into_iter().map(Into::into));
-    eprintln!("README: {line:?}");
-    let (cache, socket) = (s.path().join("cache"), s.path().join("api.sock"));
-    args.extend(["--cache-dir".into(), cache.clone().into_os_string(), "--api-socket".into(), socket.clone().into_os_string()]);
-    let (data, img) = random_image(s.path());
-    let d = Daemon::start_command(s.path(), cli::erofsd_bin(), args, cache, socket, false);
-    random_reads_survive_worker_kill(d, data, &img, MountDir::new(s.path(), "mnt"));
+    survives_worker_kill_as_started("fanotify_readme_daemon_sigkill_during_random_reads", "fan-readme", |dir| {
+        let readme = std::fs::read_to_string(common::env::repo_root().join("README.md")).unwrap();
+        let line = readme.lines().find(|l| l.contains("erofsd daemon") && l.trim_start().starts_with("sudo ")).expect("README starts the daemon");
+        eprintln!("README: {line:?}");
+        let mut args: Vec<std::ffi::OsString> = vec!["daemon".into()];
+        args.extend(daemon_args(line).into_iter().map(Into::into));
+        let (cache, socket) = (dir.join("cache"), dir.join("api.sock"));
+        args.extend(["--cache-dir".into(), cache.clone().into_os_string(), "--api-socket".into(), socket.clone().into_os_string()]);
+        StartedAs { program: cli::erofsd_bin(), args, cache, socket, clean_env: false }
+    });
 }
 
 /// `scripts/demo.sh`'s daemon command line, its `$WORK` a scratch dir.
 #[test]
 fn fanotify_demo_daemon_sigkill_during_random_reads() {
-    let test = "fanotify_demo_daemon_sigkill_during_random_reads";
-    let s = fixtures::scratch("fan-demo");
-    if !require_fanotify(test, s.path()) {
-        return;
-    }
-    let demo = std::fs::read_to_string(common::env::repo_root().join("scripts/demo.sh")).unwrap();
-    let line = demo.lines().find(|l| l.trim_start().starts_with("\"$BIN\" daemon")).expect("demo.sh starts the daemon");
-    eprintln!("demo.sh: {line:?}");
-    let work = s.path().to_str().unwrap();
-    let mut args: Vec<std::ffi::OsString> = vec!["daemon".into()];
-    args.extend(daemon_args(line).into_iter().map(|a| a.replace("$WORK", work).into()));
-    let (data, img) = random_image(s.path());
-    let d = Daemon::start_command(s.path(), cli::erofsd_bin(), args, s.path().join("cache"), s.path().join("api.sock"), false);
-    random_reads_survive_worker_kill(d, data, &img, MountDir::new(s.path(), "mnt"));
+    survives_worker_kill_as_started("fanotify_demo_daemon_sigkill_during_random_reads", "fan-demo", |dir| {
+        let demo = std::fs::read_to_string(common::env::repo_root().join("scripts/demo.sh")).unwrap();
+        let line = demo.lines().find(|l| l.trim_start().starts_with("\"$BIN\" daemon")).expect("demo.sh starts the daemon");
+        eprintln!("demo.sh: {line:?}");
+        let work = dir.to_str().unwrap();
+        let mut args: Vec<std::ffi::OsString> = vec!["daemon".into()];
+        args.extend(daemon_args(line).into_iter().map(|a| a.replace("$WORK", work).into()));
+        StartedAs { program: cli::erofsd_bin(), args, cache: dir.join("cache"), socket: dir.join("api.sock"), clean_env: false }
+    });
 }
 
 /// The systemd unit's `ExecStart=`, as `scripts/install.sh` installs it (into a staging root,
@@ -419,30 +433,25 @@ fn fanotify_demo_daemon_sigkill_during_random_reads() {
 /// with a cleared environment as systemd would start it (no systemd involved).
 #[test]
 fn fanotify_systemd_unit_daemon_sigkill_during_random_reads() {
-    let test = "fanotify_systemd_unit_daemon_sigkill_during_random_reads";
-    let s = fixtures::scratch("fan-unit");
-    if !require_fanotify(test, s.path()) {
-        return;
-    }
-    let root = s.path().join("root");
-    cli::run_ok(
-        common::env::repo_root().join("scripts/install.sh"),
-        ["install".as_ref(), "--bin".as_ref(), cli::erofsd_bin().as_os_str(), "--destdir".as_ref(), root.as_os_str()],
-    );
-    let unit = std::fs::read_to_string(root.join("etc/systemd/system/erofsd.service")).unwrap();
-    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("the unit has ExecStart=");
-    eprintln!("unit: ExecStart={exec}");
-    // Absolute paths are the installed ones: under the staging root.
-    let mut words = exec.split_whitespace().map(|w| if w.starts_with('/') { root.join(&w[1..]).into_os_string() } else { w.into() });
-    let program = PathBuf::from(words.next().unwrap());
-    let args: Vec<std::ffi::OsString> = words.collect();
-    let (cache, socket) = (s.path().join("cache"), s.path().join("api.sock"));
-    let conf = root.join("etc/erofsd/config.toml");
-    let shipped = std::fs::read_to_string(&conf).unwrap();
-    std::fs::write(&conf, format!("cache_dir = {:?}\napi_socket = {:?}\n{shipped}", cache, socket)).unwrap();
-    let (data, img) = random_image(s.path());
-    let d = Daemon::start_command(s.path(), program, args, cache, socket, true);
-    random_reads_survive_worker_kill(d, data, &img, MountDir::new(s.path(), "mnt"));
+    survives_worker_kill_as_started("fanotify_systemd_unit_daemon_sigkill_during_random_reads", "fan-unit", |dir| {
+        let root = dir.join("root");
+        cli::run_ok(
+            common::env::repo_root().join("scripts/install.sh"),
+            ["install".as_ref(), "--bin".as_ref(), cli::erofsd_bin().as_os_str(), "--destdir".as_ref(), root.as_os_str()],
+        );
+        let unit = std::fs::read_to_string(root.join("etc/systemd/system/erofsd.service")).unwrap();
+        let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("the unit has ExecStart=");
+        eprintln!("unit: ExecStart={exec}");
+        // Absolute paths are the installed ones: under the staging root.
+        let mut words = exec.split_whitespace().map(|w| if w.starts_with('/') { root.join(&w[1..]).into_os_string() } else { w.into() });
+        let program = PathBuf::from(words.next().unwrap());
+        let args: Vec<std::ffi::OsString> = words.collect();
+        let (cache, socket) = (dir.join("cache"), dir.join("api.sock"));
+        let conf = root.join("etc/erofsd/config.toml");
+        let shipped = std::fs::read_to_string(&conf).unwrap();
+        std::fs::write(&conf, format!("cache_dir = {:?}\napi_socket = {:?}\n{shipped}", cache, socket)).unwrap();
+        StartedAs { program, args, cache, socket, clean_env: true }
+    });
 }
 
 /// `--unsafe-no-supervisor` still runs one process and says loudly what it gives up;

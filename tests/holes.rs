@@ -156,17 +156,7 @@ fn read_back(mnt: &Path, files: &BTreeMap<String, Vec<u8>>, seed: u64) {
     let mut r = Rng::new(seed);
     for (p, want) in files {
         let f = std::fs::File::open(mnt.join(p)).unwrap();
-        let mut pieces = Vec::new();
-        let mut at = 0u64;
-        while at < want.len() as u64 {
-            let len = if r.chance(1, 2) { 4096 * (1 + r.below(64)) } else { 1 + r.below(300_000) };
-            let len = len.min(want.len() as u64 - at);
-            pieces.push((at, len));
-            at += len;
-        }
-        for i in (1..pieces.len()).rev() {
-            pieces.swap(i, r.below(i as u64 + 1) as usize);
-        }
+        let pieces = shapes::random_pieces(&mut r, want.len() as u64);
         for (at, len) in pieces {
             let mut buf = vec![0u8; len as usize];
             f.read_exact_at(&mut buf, at).unwrap();

@@ -29,7 +29,7 @@ use std::collections::HashSet;
 
 use crate::error::{corrupt, Error, Result};
 use crate::ondisk::*;
-use crate::reader::{superblock_checksum, ChunkTable, FileKind, Image};
+use crate::reader::{superblock_checksum, FileKind, Image};
 
 /// The interior holes of one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +46,21 @@ pub struct InteriorHoles {
 
 /// Every file with interior holes, in walk order. Errors only on a corrupt image.
 pub fn interior_holes<T: AsRef<[u8]>>(img: &Image<T>) -> Result<Vec<InteriorHoles>> {
+    Ok(files_with_interior_holes(img)?.into_iter().map(|f| f.holes).collect())
+}
+
+/// One file's interior holes and where their chunk entries are.
+struct Found {
+    holes: InteriorHoles,
+    indexes: bool,
+    /// Byte offset in the bootstrap of each interior hole's chunk entry.
+    entries: Vec<u64>,
+}
+
+/// The one walk behind [`interior_holes`] and [`redirect_interior_holes`]: each regular file
+/// once (a hard-linked one under the first path met), its chunk table scanned for null entries
+/// with a mapped entry after them.
+fn files_with_interior_holes<T: AsRef<[u8]>>(img: &Image<T>) -> Result<Vec<Found>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     img.walk(&mut |e| {
@@ -53,34 +68,31 @@ pub fn interior_holes<T: AsRef<[u8]>>(img: &Image<T>) -> Result<Vec<InteriorHole
             return Ok(());
         }
         let Some(table) = img.chunk_table(e.inode)? else { return Ok(()) };
-        let holes = interior_entries(img, &table)?;
-        if let Some(&(first, _)) = holes.first() {
-            out.push(InteriorHoles {
-                path: e.path.to_vec(),
-                nid: e.inode.nid,
-                first_offset: first << table.chunk_bits,
-                chunks: holes.len() as u64,
-                chunk_bits: table.chunk_bits,
+        let (mut interior, mut pending) = (Vec::new(), Vec::new());
+        for i in 0..table.count {
+            let entry = img.chunk_entry(&table, i)?;
+            if entry.blkaddr == NULL_ADDR {
+                pending.push((i, entry.offset));
+            } else {
+                interior.append(&mut pending);
+            }
+        }
+        if let Some(&(first, _)) = interior.first() {
+            out.push(Found {
+                holes: InteriorHoles {
+                    path: e.path.to_vec(),
+                    nid: e.inode.nid,
+                    first_offset: first << table.chunk_bits,
+                    chunks: interior.len() as u64,
+                    chunk_bits: table.chunk_bits,
+                },
+                indexes: table.indexes,
+                entries: interior.into_iter().map(|(_, off)| off).collect(),
             });
         }
         Ok(())
     })?;
     Ok(out)
-}
-
-/// `(chunk number, entry offset)` of each interior hole of one chunk table.
-fn interior_entries<T: AsRef<[u8]>>(img: &Image<T>, table: &ChunkTable) -> Result<Vec<(u64, u64)>> {
-    let mut holes = Vec::new();
-    let mut pending = Vec::new();
-    for i in 0..table.count {
-        let e = img.chunk_entry(table, i)?;
-        if e.blkaddr == NULL_ADDR {
-            pending.push((i, e.offset));
-        } else {
-            holes.append(&mut pending);
-        }
-    }
-    Ok(holes)
 }
 
 /// A bootstrap whose interior holes address a zero extent ([`redirect_interior_holes`]).
@@ -104,25 +116,8 @@ pub struct Redirected {
 /// [`Error::Unsupported`].
 pub fn redirect_interior_holes(bytes: &[u8]) -> Result<Option<Redirected>> {
     let img = Image::open(bytes)?;
-    let mut entries: Vec<(u64, bool)> = Vec::new();
-    let mut seen = HashSet::new();
-    let (mut files, mut max_bits) = (0u64, 0u8);
-    img.walk(&mut |e| {
-        if e.inode.kind != FileKind::File || !seen.insert(e.inode.nid) {
-            return Ok(());
-        }
-        let Some(table) = img.chunk_table(e.inode)? else { return Ok(()) };
-        let holes = interior_entries(&img, &table)?;
-        if !holes.is_empty() {
-            files += 1;
-            max_bits = max_bits.max(table.chunk_bits);
-            entries.extend(holes.iter().map(|&(_, off)| (off, table.indexes)));
-        }
-        Ok(())
-    })?;
-    if entries.is_empty() {
-        return Ok(None);
-    }
+    let found = files_with_interior_holes(&img)?;
+    let Some(max_bits) = found.iter().map(|f| f.holes.chunk_bits).max() else { return Ok(None) };
     let zero_blkaddr = u32::try_from((bytes.len() as u64).div_ceil(BLOCK_SIZE))
         .ok()
         .filter(|&b| b != NULL_ADDR)
@@ -142,8 +137,7 @@ pub fn redirect_interior_holes(bytes: &[u8]) -> Result<Option<Redirected>> {
         }
     }
     let mut out = bytes.to_vec();
-    for &(off, indexes) in &entries {
-        let off = off as usize;
+    for (off, indexes) in found.iter().flat_map(|f| f.entries.iter().map(move |&off| (off as usize, f.indexes))) {
         if indexes {
             // struct erofs_inode_chunk_index: advise (kept), device_id, blkaddr.
             out[off + 2..off + 4].copy_from_slice(&0u16.to_le_bytes());
@@ -153,7 +147,7 @@ pub fn redirect_interior_holes(bytes: &[u8]) -> Result<Option<Redirected>> {
         }
     }
     let sb = img.superblock();
-    if sb.feature_compat & FEATURE_COMPAT_SB_CHKSUM != 0 && entries.iter().any(|&(off, _)| off < BLOCK_SIZE) {
+    if sb.feature_compat & FEATURE_COMPAT_SB_CHKSUM != 0 && found.iter().flat_map(|f| &f.entries).any(|&off| off < BLOCK_SIZE) {
         let sum = superblock_checksum(&out);
         let at = SUPERBLOCK_OFFSET as usize + 4;
         out[at..at + 4].copy_from_slice(&sum.to_le_bytes());
@@ -162,7 +156,7 @@ pub fn redirect_interior_holes(bytes: &[u8]) -> Result<Option<Redirected>> {
         bootstrap: out,
         size: zero_end * BLOCK_SIZE,
         zero_blkaddr,
-        files,
-        chunks: entries.len() as u64,
+        files: found.len() as u64,
+        chunks: found.iter().map(|f| f.holes.chunks).sum(),
     }))
 }

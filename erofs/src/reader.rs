@@ -425,12 +425,6 @@ impl<T: AsRef<[u8]>> Image<T> {
         }
     }
 
-    /// Where a device-0 block address really goes: `(0, blkaddr)` when it is in the bootstrap
-    /// itself, a slot's `(device_id, blkaddr)` when a `mapped_blkaddr` range covers it.
-    pub fn resolve_device0(&self, blkaddr: u32) -> (u16, u32) {
-        self.map_device(0, blkaddr, 0).unwrap_or((0, blkaddr))
-    }
-
     /// Applies the kernel's device rules: a device id must name a slot; a device-0 address
     /// inside a slot's `mapped_blkaddr` range is redirected to that slot.
     fn map_device(&self, device_id: u16, blkaddr: u32, nid: u64) -> Result<(u16, u32)> {

@@ -5,25 +5,18 @@
 //! indexes) goes through the same.
 
 mod common;
+// The tests' one seeded generator (tests/common/data.rs at the workspace root).
+#[allow(dead_code)]
+#[path = "../../tests/common/data.rs"]
+mod data;
 
 use std::collections::BTreeMap;
 
 use common::*;
+use data::Rng;
 use erofs::holes::{interior_holes, redirect_interior_holes};
 use erofs::reader::{ExtentKind, FileKind, Image};
 use erofs::tree::*;
-
-/// Seeded choices, drawn from `pattern`'s bytes (the tests' one generator).
-struct Rng(std::vec::IntoIter<u8>);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(pattern(seed ^ 0x5eed, 1 << 16).into_iter())
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        let x = u64::from_le_bytes(std::array::from_fn(|_| self.0.next().expect("enough choices")));
-        ((x as u128 * n as u128) >> 64) as u64
-    }
-}
 
 /// Files of random chunk patterns (data, zero chunk, partial last chunk), some hard-linked.
 fn random_tree(seed: u64) -> (Tree, Blobs, BTreeMap<String, Vec<u8>>) {

@@ -114,16 +114,13 @@ impl ChunkStore {
         self.buf = buf;
         res?;
         // Zero chunks before the last data chunk are interior: give them the stored zero chunk.
-        let last_data = chunks.iter().rposition(|c| !c.is_hole());
-        let interior = last_data.map_or(0, |l| chunks[..l].iter().filter(|c| c.is_hole()).count());
-        let zeros = chunks.iter().filter(|c| c.is_hole()).count();
-        self.stats.chunks_holes += (zeros - interior) as u64;
-        if interior > 0 {
-            let zero = self.zero_chunk()?;
-            for c in chunks[..last_data.unwrap_or(0)].iter_mut().filter(|c| c.is_hole()) {
-                *c = zero;
-            }
-            self.stats.chunks_zero += interior as u64;
+        // The rest (all of them, in a file of zeros) are trailing and stay holes.
+        let last_data = chunks.iter().rposition(|c| !c.is_hole()).unwrap_or(0);
+        let (interior, trailing) = chunks.split_at_mut(last_data);
+        self.stats.chunks_holes += trailing.iter().filter(|c| c.is_hole()).count() as u64;
+        for c in interior.iter_mut().filter(|c| c.is_hole()) {
+            *c = self.zero_chunk()?;
+            self.stats.chunks_zero += 1;
         }
         Ok(FileData::Chunks { chunk_bits: self.opts.chunk_size_log2, chunks })
     }

@@ -174,6 +174,28 @@ pub fn random(seed: u64, n: usize) -> Vec<Shape> {
         .collect()
 }
 
+/// `size` bytes cut into pieces of random length (page multiples, odd lengths, powers of two
+/// from 4 KiB to 1 MiB), in shuffled order, as `(offset, len)`: how the tests read a file in
+/// random order (the host tests, and `ktest-tree randread` in the guests).
+pub fn random_pieces(r: &mut Rng, size: u64) -> Vec<(u64, u64)> {
+    let mut pieces = Vec::new();
+    let mut at = 0u64;
+    while at < size {
+        let len = match r.below(3) {
+            0 => 4096 * (1 + r.below(64)),
+            1 => 1 + r.below(300_000),
+            _ => 1 << (12 + r.below(9)),
+        };
+        let len = len.min(size - at);
+        pieces.push((at, len));
+        at += len;
+    }
+    for i in (1..pieces.len()).rev() {
+        pieces.swap(i, r.below(i as u64 + 1) as usize);
+    }
+    pieces
+}
+
 /// Writes each shape as `dir/<name>`.
 pub fn write_all(dir: &Path, shapes: &[Shape]) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;

@@ -330,22 +330,7 @@ fn randread(root: &Path, manifest: &Path, seed: u64) -> io::Result<bool> {
     for (rel, sha, size) in &files {
         let f = File::open(root.join(rel))?;
         let mut buf = vec![0u8; *size as usize];
-        // Cut the file into pieces of random length, then read them in a shuffled order.
-        let mut cuts = Vec::new();
-        let mut at = 0u64;
-        while at < *size {
-            let len = match rng.below(3) {
-                0 => 4096 * (1 + rng.below(64)),
-                1 => 1 + rng.below(300_000),
-                _ => 1 << (12 + rng.below(9)),
-            };
-            let len = len.min(size - at);
-            cuts.push((at, len));
-            at += len;
-        }
-        for i in (1..cuts.len()).rev() {
-            cuts.swap(i, rng.below(i as u64 + 1) as usize);
-        }
+        let cuts = shapes::random_pieces(&mut rng, *size);
         for &(at, len) in &cuts {
             f.read_exact_at(&mut buf[at as usize..(at + len) as usize], at)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {len} bytes at {at}: {e}", rel.display())))?;
