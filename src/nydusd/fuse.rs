@@ -285,6 +285,8 @@ pub fn run(opts: Fuse) -> Result<()> {
     let _cache_lock = crate::cache::open_for_daemon(&cache_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("nydusd").build()?;
     rt.block_on(async move {
+        // First: a socket we cannot bind is a failed start, before anything is parked.
+        let (listener, adopted) = api_listener(&opts.apisock)?;
         let filler = crate::daemon::make_filler(&config);
         let saved: Vec<MountRecord> = persist::load(&persist::mounts_path(&cache_dir)).unwrap_or_else(|e| {
             warn!("{e:#}; mounts left by a previous worker are re-adopted without their backends");
@@ -327,8 +329,11 @@ pub fn run(opts: Fuse) -> Result<()> {
             std::fs::create_dir_all(&fd.opts.mountpoint).with_context(|| format!("creating {}", fd.opts.mountpoint.display()))?;
         }
         fd.state.set(State::Running);
-
-        let (listener, adopted) = api_listener(&fd.opts.apisock)?;
+        // Parked only now: a worker that failed before this point failed to start (the
+        // supervisor does not restart it in a loop over a bad socket path).
+        if let Err(e) = crate::daemon::supervisor::fd_store().lock().expect("fd store").store(LISTENER_FD_NAME, std::os::fd::AsFd::as_fd(&listener)) {
+            warn!("parking the api listener: {e}");
+        }
         info!(
             "nydusd (erofsd {}) fuse mode served by kernel EROFS through fanotify; {} on {}; cache {}",
             env!("CARGO_PKG_VERSION"),
@@ -359,7 +364,7 @@ pub fn run(opts: Fuse) -> Result<()> {
 }
 
 /// The API listener: the one a killed predecessor parked (with the connections it had open),
-/// else a new one, parked in turn.
+/// else a new one (parked once the worker is RUNNING).
 fn api_listener(path: &Path) -> Result<(tokio::net::UnixListener, Vec<(String, std::os::fd::OwnedFd)>)> {
     let mut store = crate::daemon::supervisor::fd_store().lock().expect("fd store");
     let adopted = store.take_prefixed(crate::daemon::api::PARKED_CONN_PREFIX);
@@ -373,11 +378,7 @@ fn api_listener(path: &Path) -> Result<(tokio::net::UnixListener, Vec<(String, s
         warn!("api: {} is gone: binding a new socket", path.display());
     }
     drop(store);
-    let listener = crate::daemon::api::bind(path)?;
-    if let Err(e) = crate::daemon::supervisor::fd_store().lock().expect("fd store").store(LISTENER_FD_NAME, std::os::fd::AsFd::as_fd(&listener)) {
-        warn!("parking the api listener: {e}");
-    }
-    Ok((listener, adopted))
+    Ok((crate::daemon::api::bind(path)?, adopted))
 }
 
 #[cfg(test)]
