@@ -211,9 +211,12 @@ fn dedicated_daemon_mounts_kernel_erofs_and_reads_exact() {
         assert_eq!(json(&body)["erofsd_mode"], "fanotify");
         // SIGTERM (how the snapshotter stops a daemon whose image goes): unmounted, socket gone.
         let sock = d.sock.clone();
+        let cache = json(&call(&d.sock, "GET", "/api/v1/daemon", None).1)["erofsd_cache_dir"].as_str().unwrap().to_string();
+        assert!(Path::new(&cache).starts_with(s.path().join("cache")), "{cache} is not under the config's work_dir");
         drop(d);
         assert_eq!(fstype(&mp), None, "{fixture}: still mounted after SIGTERM");
         assert!(!sock.exists(), "api socket left behind");
+        assert!(!Path::new(&cache).exists(), "a dedicated daemon's cache {cache} outlived it");
     }
 }
 

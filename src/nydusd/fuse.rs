@@ -352,13 +352,24 @@ pub fn run(opts: Fuse) -> Result<()> {
         api.abort();
         // nydusd unmounts on SIGTERM: the snapshotter stops a daemon when its image goes.
         fd.daemon.frontend.shutdown().await;
-        let _ = persist::save::<MountRecord>(&persist::mounts_path(&fd.daemon.config.cache_dir), &[]);
+        let left: Vec<MountRecord> = fd.records().into_iter().filter(|r| fanotify::sysmount::is_erofs_mount(&r.mountpoint)).collect();
+        let _ = persist::save(&persist::mounts_path(&fd.daemon.config.cache_dir), &left);
         for r in fd.records() {
             if r.relative.is_some() {
                 let _ = std::fs::remove_dir(&r.mountpoint);
             }
         }
         let _ = std::fs::remove_file(&fd.opts.apisock);
+        // A dedicated daemon is stopped when its image goes: its cache directory goes with it
+        // (the snapshotter's cache GC only knows its own file names), unless a mount had to be
+        // left detached and its readers may still need the cache files.
+        if fd.opts.bootstrap.is_some() && left.is_empty() {
+            let dir = &fd.daemon.config.cache_dir;
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => info!("removed this daemon's cache {}", dir.display()),
+                Err(e) => warn!("removing this daemon's cache {}: {e}", dir.display()),
+            }
+        }
         Ok(())
     })
 }
