@@ -1,13 +1,17 @@
-//! erofsd as a drop-in `nydusd` for nydus-snapshotter with `fs_driver = "fscache"`.
+//! erofsd as a drop-in `nydusd` for nydus-snapshotter, in both of its kernel-facing drivers.
 //!
-//! `erofsd` run through a link named `nydusd` takes nydusd's command line ([`cli`]) and serves
-//! the part of nydusd's HTTP API the snapshotter uses ([`api`]): the snapshotter asks us to
-//! *bind* an image (`PUT /api/v2/blobs`: bootstrap + its blobs under an fsid and domain) and
-//! then mounts `-t erofs -o fsid=…,domain_id=…` by itself; we answer the kernel's cachefiles
-//! requests for it through the cachefiles front-end ([`crate::frontend::cachefiles`]). The
-//! daemon states are in [`state`], failover over the snapshotter's supervisor socket in
-//! [`failover`]. The contract we follow: ../shared/notes/nydus-compat.md Part B; users'
-//! guide and deviations: docs/nydus.md.
+//! `erofsd` run through a link named `nydusd` takes nydusd's command line ([`cli`]) and serves the
+//! part of nydusd's HTTP API the snapshotter uses ([`api`]):
+//! * `fs_driver = "fscache"` (`nydusd singleton`, this module): the snapshotter asks us to
+//!   *bind* an image (`PUT /api/v2/blobs`: bootstrap + its blobs under an fsid and domain) and
+//!   then mounts `-t erofs -o fsid=…,domain_id=…` by itself; we answer the kernel's cachefiles
+//!   requests for it through the cachefiles front-end ([`crate::frontend::cachefiles`]). The
+//!   daemon states are in [`state`], failover over the snapshotter's supervisor socket in
+//!   [`failover`], the bind list a successor needs in [`persist`].
+//! * `fs_driver = "fusedev"` (`nydusd fuse`, [`fuse`]): we mount kernel EROFS where the
+//!   snapshotter expects a FUSE mount, served through the fanotify front-end.
+//!
+//! Users' guide, the contract and the deviations from nydusd: docs/nydus.md.
 
 pub mod api;
 pub mod backend;
