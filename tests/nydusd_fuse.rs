@@ -172,6 +172,17 @@ fn check_tree(root: &Path) -> Vec<String> {
     bad
 }
 
+/// The fixture's data blob: the largest file in its `blobs/`.
+fn blob_id(fixture: &str) -> String {
+    let mut blobs: Vec<(u64, String)> = std::fs::read_dir(common::fixtures::nydus().join(fixture).join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.metadata().unwrap().len(), e.file_name().into_string().unwrap()))
+        .collect();
+    blobs.sort();
+    blobs.pop().unwrap().1
+}
+
 fn stored_size(fixture: &str) -> u64 {
     std::fs::read_dir(common::fixtures::nydus().join(fixture).join("blobs")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
 }
@@ -233,6 +244,13 @@ fn shared_daemon_mounts_and_unmounts_per_snapshot() {
         serde_json::json!({"fs_type": "rafs", "source": boot, "config": config_json(s.path(), fixture)}).to_string()
     };
     let (a, b) = (snapshot_bootstrap(s.path(), 10, "dir-zstd"), snapshot_bootstrap(s.path(), 11, "targz-ref"));
+    let empty = s.path().join("empty-backend");
+    std::fs::create_dir_all(&empty).unwrap();
+    let missing_blobs = |boot: &Path| {
+        let mut c: serde_json::Value = serde_json::from_str(&config_json(s.path(), "dir-zstd")).unwrap();
+        c["device"]["backend"]["config"]["dir"] = empty.to_str().unwrap().into();
+        serde_json::json!({"fs_type": "rafs", "source": boot, "config": c.to_string()}).to_string()
+    };
     for (id, boot, fixture) in [("10", &a, "dir-zstd"), ("11", &b, "targz-ref")] {
         let (code, body) = call(&d.sock, "POST", &format!("/api/v1/mount?mountpoint=%2F{id}"), Some(&mount_body(boot, fixture)));
         assert_eq!(code, 204, "{body}");
@@ -249,11 +267,17 @@ fn shared_daemon_mounts_and_unmounts_per_snapshot() {
         ("%2F12", serde_json::json!({"fs_type": "blob", "source": a, "config": ""}).to_string(), "fs_type"),
         ("%2F10", mount_body(&a, "dir-zstd"), "already served"),
         ("%2F13", mount_body(&s.path().join("nonexistent.boot"), "dir-zstd"), "nonexistent.boot"),
+        // Blobs missing from the backend: refused at mount, naming the blob. (Images whose blobs
+        // this daemon has not loaded yet: a blob already loaded is reused whatever the backend.)
+        ("%2F14", missing_blobs(&snapshot_bootstrap(s.path(), 14, "dir-lz4_block")), &blob_id("dir-lz4_block")),
+        ("%2F15", missing_blobs(&snapshot_bootstrap(s.path(), 15, "targz-rafs")), &blob_id("targz-rafs")),
     ] {
         let (code, resp) = call(&d.sock, "POST", &format!("/api/v1/mount?mountpoint={q}"), Some(&body));
         assert!(code >= 400 && resp.contains(want), "{q}: {code} {resp}");
     }
-    assert!(!root.join("13").join("bin").exists());
+    for id in ["13", "14", "15"] {
+        assert_eq!(fstype(&root.join(id)), None, "/{id} was mounted after a refused mount");
+    }
     let (code, resp) = call(&d.sock, "POST", "/api/v1/mount", Some(&mount_body(&a, "dir-zstd")));
     assert_eq!(code, 400, "{resp}");
     // Unmount one; the other stays.

@@ -167,6 +167,9 @@ impl FuseDaemon {
     async fn mount(&self, mountpoint: PathBuf, relative: Option<String>, bootstrap: &Path, config: &NydusdConfig) -> Result<()> {
         let _op = self.ops.lock().await;
         let image = config.load(&self.daemon.images, bootstrap)?;
+        // A missing or short blob fails the mount, naming it (the snapshotter then fails the
+        // container's start), rather than the container's first read.
+        image.check_sources().await.with_context(|| format!("image {}", bootstrap.display()))?;
         std::fs::create_dir_all(&mountpoint).with_context(|| format!("creating mountpoint {}", mountpoint.display()))?;
         let req = MountRequest {
             image: bootstrap.to_path_buf(),
