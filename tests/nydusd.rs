@@ -343,7 +343,10 @@ fn command_line_errors_are_clear() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--fscache"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = Command::new(&nydusd).args(["fuse", "--mountpoint", "/mnt"]).output().unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("singleton"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--apisock"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(&nydusd).args(["virtiofs", "--apisock", "/tmp/x.sock"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("singleton"), "{}", String::from_utf8_lossy(&o.stderr));
     // Without API-ONLY on a host lacking cachefiles on-demand: a clear failure, no socket.
     if !Path::new("/dev/cachefiles").exists() {
         let sock = t.path().join("api.sock");
