@@ -507,12 +507,7 @@ pub fn main() -> ExitCode {
 /// Fuse mode runs supervised, like `erofsd daemon`: the process the snapshotter starts holds
 /// the kernel channels and the API connections, its child serves ([`fuse`]).
 fn run_fuse(opts: cli::Fuse) -> Result<()> {
-    if std::env::var_os(crate::daemon::supervisor::SUPERVISOR_FD_ENV).is_none() {
-        let exe = std::env::current_exe()?;
-        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        let code = crate::daemon::supervisor::run(&exe, &args)?;
-        std::process::exit(code);
-    }
+    crate::daemon::supervisor::supervise_unless_worker(|_| true)?;
     fuse::run(opts)
 }
 
