@@ -397,3 +397,54 @@ fn command_line_and_config_errors_are_clear() {
     let (ok, err) = run(&["blockdev", "--apisock", "/x"]);
     assert!(!ok && err.contains("fusedev"), "{err}");
 }
+
+/// How many mounts are stacked at `mp`.
+fn mounts_at(mp: &Path) -> usize {
+    let want = mp.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.split(' ').nth(4) == Some(want)).count()
+}
+
+#[test]
+fn a_successor_replaces_what_a_dead_process_tree_left_mounted() {
+    let test = "a_successor_replaces_what_a_dead_process_tree_left_mounted";
+    let s = common::fixtures::scratch(test);
+    if !require_fanotify(test, s.path()) {
+        return;
+    }
+    let root = s.path().join("mnt");
+    let boot = snapshot_bootstrap(s.path(), 30, "dir-zstd");
+    let body = serde_json::json!({"fs_type": "rafs", "source": boot, "config": config_json(s.path(), "dir-zstd")}).to_string();
+    let mut d = Nydusd::start(s.path(), &root, &[]);
+    let (code, resp) = call(&d.sock, "POST", "/api/v1/mount?mountpoint=%2F30", Some(&body));
+    assert_eq!(code, 204, "{resp}");
+    // Both processes killed, the supervisor first (what `killall -9 nydusd` does): the worker
+    // may start a new supervisor before its own SIGKILL lands; that one must not start a
+    // daemon of its own (it would compete with the one the snapshotter starts next).
+    let (sup, worker) = (d.child.id() as i32, d.worker());
+    for pid in [sup, worker] {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    }
+    let _ = d.child.wait();
+    assert!(wait_gone(worker, Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(500));
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(d.sock.to_str().unwrap()))
+        .collect();
+    assert!(left.is_empty(), "processes of the killed daemon still run: {left:?}");
+    assert_eq!(mounts_at(&root.join("30")), 1, "the dead daemon's mount");
+    // The successor, as the snapshotter starts it; the same mount request again.
+    drop(d);
+    let d = Nydusd::start(s.path(), &root, &[]);
+    let (code, resp) = call(&d.sock, "POST", "/api/v1/mount?mountpoint=%2F30", Some(&body));
+    assert_eq!(code, 204, "{resp}");
+    assert_eq!(mounts_at(&root.join("30")), 1, "a mount stacked on the dead daemon's");
+    assert!(d.log_text().contains("stale erofs mount"), "the detach was not logged");
+    drop_caches();
+    assert!(check_tree(&root.join("30")).is_empty());
+    drop(d);
+    assert_eq!(mounts_at(&root.join("30")), 0);
+}

@@ -406,6 +406,8 @@ enum Ended {
     Clean,
     /// Error exit with nothing held: a failed start, not a crash.
     FailedToStart(i32),
+    /// The worker we adopted died with nothing parked with us: nothing to hold, nothing to restart.
+    AdoptedDiedEmpty,
     Crashed(String),
 }
 
@@ -546,6 +548,12 @@ pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
                     if eof.load(Ordering::SeqCst) {
                         break if stopping.load(Ordering::SeqCst) {
                             Ended::Clean
+                        } else if held.lock().expect("held").is_empty() {
+                            // It died before it could park anything with us (both processes were
+                            // killed together, one just later): we were started only to hold its
+                            // channels, and a fresh daemon of ours would compete with whatever
+                            // restarts it (nydus-snapshotter's recover_policy, systemd).
+                            Ended::AdoptedDiedEmpty
                         } else {
                             Ended::Crashed("died (its exit status is not ours to see)".into())
                         };
@@ -575,6 +583,10 @@ pub fn run(exe: &std::path::Path, args: &[OsString]) -> Result<i32> {
             Ended::FailedToStart(code) => {
                 info!("supervisor: daemon exited with {code} before parking any kernel channel: not restarted");
                 return Ok(code);
+            }
+            Ended::AdoptedDiedEmpty => {
+                warn!("supervisor: the daemon we adopted died before parking anything with us: not restarted");
+                return Ok(1);
             }
             Ended::Crashed(how) => how,
         };

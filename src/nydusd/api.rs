@@ -43,9 +43,11 @@ fn no_content() -> Resp {
     Response::builder().status(StatusCode::NO_CONTENT).body(Full::new(Bytes::new())).expect("204")
 }
 
-/// nydusd's error body.
+/// nydusd's error body; logged, since the snapshotter does not always pass it on.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Resp {
-    json(status, &serde_json::json!({"code": "UNDEFINED", "message": message.into()}))
+    let message = message.into();
+    tracing::warn!("api: answering {status}: {message}");
+    json(status, &serde_json::json!({"code": "UNDEFINED", "message": message}))
 }
 
 /// Percent-decoded query pairs (the snapshotter sends `id=%2F<x>`).

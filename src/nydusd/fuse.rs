@@ -176,6 +176,7 @@ impl FuseDaemon {
         if self.records.lock().expect("records").contains_key(&key) {
             bail!("{} is already served by this daemon", key.display());
         }
+        detach_stale(&key)?;
         // Recorded before the kernel mount: a worker killed in between leaves a record without
         // a mount (dropped at restart), never a mount its successor cannot load the blobs of.
         let rec = MountRecord { mountpoint: key.clone(), relative, bootstrap: bootstrap.into(), image_id: image.id.clone(), backend: config.backend.clone() };
@@ -272,6 +273,19 @@ impl FuseDaemon {
         let fe = self.fanotify.clone();
         tokio::task::spawn_blocking(move || super::failover::send(&sup, &state, fe.group_fd())).await?
     }
+}
+
+/// Detaches whatever is mounted at `mountpoint` that this daemon does not serve: a mount left
+/// by a daemon that died with its whole process tree (the snapshotter clears only the mount
+/// *root* of a dead shared daemon). Mounting over it would hide it and leak it. Processes still
+/// using it keep it (a lazy detach); it only leaves the mount table.
+fn detach_stale(mountpoint: &Path) -> Result<()> {
+    for _ in 0..64 {
+        let Some(fstype) = fanotify::sysmount::mount_type(mountpoint) else { return Ok(()) };
+        warn!("{}: detaching a stale {fstype} mount this daemon does not serve (left by a daemon that died)", mountpoint.display());
+        nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).with_context(|| format!("detaching the stale mount at {}", mountpoint.display()))?;
+    }
+    bail!("{}: still a mount point after 64 detaches", mountpoint.display())
 }
 
 /// The worker: starts the fanotify front-end (re-adopting the mounts a killed predecessor left),

@@ -278,12 +278,19 @@ pub fn umount_retrying(mountpoint: &Path, patience: Duration, detach_if_busy: bo
 
 /// True if `mountpoint` is currently an EROFS mount (per /proc/self/mountinfo).
 pub fn is_erofs_mount(mountpoint: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    mount_type(mountpoint).as_deref() == Some("erofs")
+}
+
+/// The filesystem type of the topmost mount at `mountpoint`, if something is mounted there
+/// (per /proc/self/mountinfo).
+pub fn mount_type(mountpoint: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mountpoint.to_string_lossy();
-    info.lines().any(|l| {
+    // Later lines are mounted later: the last match is the one on top.
+    info.lines().rev().find_map(|l| {
         let mut halves = l.splitn(2, " - ");
-        let (Some(a), Some(b)) = (halves.next(), halves.next()) else { return false };
-        a.split(' ').nth(4).map(unescape) == Some(want.to_string()) && b.split(' ').next() == Some("erofs")
+        let (Some(a), Some(b)) = (halves.next(), halves.next()) else { return None };
+        (a.split(' ').nth(4).map(unescape) == Some(want.to_string())).then(|| b.split(' ').next().unwrap_or("").to_string())
     })
 }
 
