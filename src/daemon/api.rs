@@ -70,14 +70,29 @@ where
     S: Send + Sync + 'static,
     F: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("api accept: {e}");
-                continue;
-            }
-        };
+    serve_http_with(listener, Vec::new(), false, state, handle).await
+}
+
+/// Connections a previous worker accepted, parked with the supervisor under this prefix.
+pub const PARKED_CONN_PREFIX: &str = "api-conn-";
+
+/// [`serve_http`], also serving `adopted` connections (a previous worker's), and with `park`,
+/// parking a duplicate of every connection with the fd holder (`fd_store`) while it is open:
+/// a client holding one open as a liveness watch then sees no hang-up when this process is
+/// killed and restarted under its supervisor, and its next request is answered by the successor.
+pub async fn serve_http_with<S, F>(
+    listener: UnixListener,
+    adopted: Vec<(String, std::os::fd::OwnedFd)>,
+    park: bool,
+    state: Arc<S>,
+    handle: fn(Arc<S>, Request<Incoming>) -> F,
+) where
+    S: Send + Sync + 'static,
+    F: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let serve_one = move |stream: tokio::net::UnixStream, name: Option<String>| {
         let state = state.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
@@ -88,7 +103,37 @@ where
             if let Err(e) = conn.await {
                 warn!("api connection: {e}");
             }
+            if let Some(n) = name {
+                let _ = crate::daemon::supervisor::fd_store().lock().expect("fd store").remove(&n);
+            }
         });
+    };
+    for (name, fd) in adopted {
+        let std_stream = std::os::unix::net::UnixStream::from(fd);
+        match std_stream.set_nonblocking(true).and_then(|_| tokio::net::UnixStream::from_std(std_stream)) {
+            Ok(s) => serve_one(s, Some(name)),
+            Err(e) => warn!("adopting api connection {name}: {e}"),
+        }
+    }
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("api accept: {e}");
+                continue;
+            }
+        };
+        let name = park.then(|| format!("{PARKED_CONN_PREFIX}{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))).and_then(|n| {
+            let mut store = crate::daemon::supervisor::fd_store().lock().expect("fd store");
+            match store.store(&n, std::os::fd::AsFd::as_fd(&stream)) {
+                Ok(()) => Some(n),
+                Err(e) => {
+                    warn!("parking api connection: {e}");
+                    None
+                }
+            }
+        });
+        serve_one(stream, name);
     }
 }
 

@@ -114,6 +114,18 @@ impl Daemon {
             req.image = crate::oci::pull::pull(&parsed, &self.config.registry, &self.config.cache_dir).await?;
         }
         let image = self.images.load_dir(&req.image).with_context(|| format!("loading image {}", req.image.display()))?;
+        self.mount_image(image, req).await
+    }
+
+    /// Mounts an image the caller loaded (its blobs from a source of the caller's choosing).
+    pub async fn mount_image(&self, image: Arc<crate::core::images::Image>, mut req: MountRequest) -> Result<MountInfo> {
+        if !req.mountpoint.is_dir() {
+            bail!("mountpoint {} is not a directory", req.mountpoint.display());
+        }
+        req.mountpoint = mount_key(&req.mountpoint);
+        if self.mounts.lock().expect("mounts").contains_key(&req.mountpoint) {
+            bail!("{} is already served by this daemon", req.mountpoint.display());
+        }
         let info = self.frontend.mount(image.clone(), req).await?;
         self.mounts.lock().expect("mounts").insert(info.mountpoint.clone(), (info.clone(), image));
         Ok(info)

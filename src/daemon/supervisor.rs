@@ -154,6 +154,12 @@ impl FdStore {
         self.inherited.remove(name)
     }
 
+    /// Every fd parked by a previous daemon under a name starting with `prefix`.
+    pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, OwnedFd)> {
+        let names: Vec<String> = self.inherited.keys().filter(|n| n.starts_with(prefix)).cloned().collect();
+        names.into_iter().filter_map(|n| self.inherited.remove(&n).map(|f| (n, f))).collect()
+    }
+
     /// Hands the store an fd received some other way (nydusd's `takeover` over the
     /// snapshotter's supervisor socket), for a front-end to [`FdStore::take`].
     pub fn inherit(&mut self, name: &str, fd: OwnedFd) {
@@ -214,6 +220,10 @@ impl FdStore {
         // `--unsafe-no-supervisor`, which a supervised worker never has).
         let mut cmd = std::process::Command::new("/proc/self/exe");
         cmd.args(std::env::args_os().skip(1));
+        // Same argv[0]: a `nydusd` link dispatches on it.
+        if let Some(arg0) = std::env::args_os().next() {
+            cmd.arg0(arg0);
+        }
         // Its own session: a terminal's ^C reaches the daemon once, not twice.
         let (child, ours) = spawn_with_socket(cmd, ADOPT_ENV, |fd| format!("{}:{fd}", std::process::id()), true)?;
         for (name, f) in &self.parked {
@@ -447,6 +457,10 @@ fn spawn_with_socket(
 fn spawn_worker(exe: &std::path::Path, args: &[OsString]) -> Result<(Worker, OwnedFd)> {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(args);
+    // Same argv[0] as ours: a `nydusd` link dispatches on it.
+    if let Some(arg0) = std::env::args_os().next() {
+        cmd.arg0(arg0);
+    }
     let (child, ours) = spawn_with_socket(cmd, SUPERVISOR_FD_ENV, |fd| fd.to_string(), false)
         .with_context(|| format!("starting {}", exe.display()))?;
     Ok((Worker::Child(child), ours))

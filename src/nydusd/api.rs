@@ -263,6 +263,123 @@ fn fs_metrics(daemon: &NydusDaemon) -> serde_json::Value {
     })
 }
 
+/// `POST /api/v1/mount`'s body (nydus's `MountRequest`).
+#[derive(Deserialize)]
+struct FuseMountBody {
+    fs_type: String,
+    source: std::path::PathBuf,
+    #[serde(default)]
+    config: String,
+}
+
+/// The fuse mode's API (`nydusd fuse`, served by kernel EROFS through fanotify):
+///
+/// | method | path | answer |
+/// |---|---|---|
+/// | GET | /api/v1/daemon | 200 `{id, version{…}, state, supervisor, backend_collection, erofsd_mode: "fanotify"}` |
+/// | POST | /api/v1/mount?mountpoint=/ID | 204; body `{"fs_type":"rafs","source":BOOTSTRAP,"config":JSON}`: mounts at M/ID |
+/// | DELETE | /api/v1/mount?mountpoint=/ID | 204; unmounts M/ID |
+/// | GET | /api/v1/metrics[?id=/ID] | 200 FsMetrics, plus `erofsd` (per-blob fetch counters) |
+/// | GET | /api/v1/metrics/inflight | 204 (kernel EROFS reads are not requests we hold) |
+/// | GET | /api/v1/metrics/blobcache | 200 CacheMetrics |
+/// | PUT | /api/v1/config | 204 (accepted, logged) |
+/// | PUT | /api/v1/daemon/fuse/sendfd | 204: the fanotify group and the mount list to `--supervisor` |
+/// | PUT | /api/v1/daemon/fuse/takeover | 500: hot upgrade is not supported in this mode |
+/// | PUT | /api/v1/daemon/start, /api/v1/daemon/exit | 204 |
+pub async fn handle_fuse(daemon: Arc<super::fuse::FuseDaemon>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let q = query(req.uri().query());
+    let resp = match (&method, path.as_str()) {
+        (&Method::GET, "/api/v1/daemon") => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "id": daemon.opts.id.clone().unwrap_or_default(),
+                "version": super::version_info(),
+                "state": daemon.state.get().name(),
+                "supervisor": daemon.opts.supervisor,
+                "backend_collection": {},
+                "erofsd_mode": "fanotify",
+                "erofsd_cache_dir": daemon.daemon.config.cache_dir,
+                "erofsd_pid": std::process::id(),
+            }),
+        ),
+        (&Method::POST, "/api/v1/mount") => {
+            let Some(mp) = param(&q, "mountpoint").map(String::from) else {
+                return Ok(error(StatusCode::BAD_REQUEST, "POST /api/v1/mount needs ?mountpoint=/<id>"));
+            };
+            match body(req).await {
+                Err(r) => r,
+                Ok(b) => match serde_json::from_slice::<FuseMountBody>(&b) {
+                    Err(e) => error(StatusCode::BAD_REQUEST, format!("SerdeError({e})")),
+                    Ok(m) => match daemon.shared_mount(&mp, &m.fs_type, &m.source, &m.config).await {
+                        Ok(()) => no_content(),
+                        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("mount {mp}: {e:#}")),
+                    },
+                },
+            }
+        }
+        (&Method::DELETE, "/api/v1/mount") => match param(&q, "mountpoint") {
+            None => error(StatusCode::BAD_REQUEST, "DELETE /api/v1/mount needs ?mountpoint=/<id>"),
+            Some(mp) => match daemon.shared_umount(mp).await {
+                Ok(()) => no_content(),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("umount {mp}: {e:#}")),
+            },
+        },
+        (&Method::GET, "/api/v1/metrics") => {
+            let d = &daemon.daemon;
+            let m = d.metrics();
+            let fetched: u64 = m["blobs"].as_object().into_iter().flat_map(|o| o.values()).filter_map(|b| b["stored_bytes"].as_u64()).sum();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "id": param(&q, "id").unwrap_or(""),
+                    "files_account_enabled": false,
+                    "access_pattern_enabled": false,
+                    "measure_latency": false,
+                    "data_read": 0,
+                    "erofsd_fetched_bytes": fetched,
+                    "erofsd_mounts": d.mounts().len(),
+                    "erofsd": m,
+                }),
+            )
+        }
+        (&Method::GET, "/api/v1/metrics/inflight") => no_content(),
+        (&Method::GET, "/api/v1/metrics/blobcache") => {
+            let d = &daemon.daemon;
+            let files: Vec<String> = d.metrics()["blobs"].as_object().into_iter().flat_map(|o| o.keys()).cloned().collect();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"id": param(&q, "id").unwrap_or(""), "underlying_files": files, "store_path": d.config.cache_dir,
+                    "entries_count": files.len(), "total": 0, "partial_hits": 0, "whole_hits": 0, "data_all_ready": false}),
+            )
+        }
+        (&Method::PUT, "/api/v1/config") => {
+            info!("config update for {:?} accepted (not used in fuse mode)", param(&q, "id"));
+            no_content()
+        }
+        (&Method::PUT, "/api/v1/daemon/fuse/sendfd") => match daemon.sendfd().await {
+            Ok(()) => no_content(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("sendfd: {e:#}")),
+        },
+        (&Method::PUT, "/api/v1/daemon/fuse/takeover") => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "takeover: hot upgrade is not supported in fuse mode (erofsd's own supervisor restarts a killed worker in place)",
+        ),
+        (&Method::PUT, "/api/v1/daemon/start") => match daemon.state.transition(&[State::Ready, State::Running], State::Running) {
+            Ok(()) => no_content(),
+            Err(s) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("start: daemon is {}", s.name())),
+        },
+        (&Method::PUT, "/api/v1/daemon/exit") => {
+            daemon.state.set(State::Stopped);
+            daemon.exit.notify_one();
+            no_content()
+        }
+        (m, p) => error(StatusCode::NOT_FOUND, format!("NotFound: no endpoint {m} {p}")),
+    };
+    Ok(resp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ pub mod api;
 pub mod backend;
 pub mod cli;
 pub mod failover;
+pub mod fuse;
 pub mod persist;
 pub mod state;
 
@@ -395,7 +396,7 @@ impl NydusDaemon {
         info!("takeover: {} bytes of state and the device fd from the supervisor", state.len());
         // The predecessor's backends (a missing or unreadable list: binds fall back to blobs/
         // beside their bootstraps, and say so).
-        let records = persist::load(&self.state_path()).unwrap_or_else(|e| {
+        let records = persist::load::<BindRecord>(&self.state_path()).unwrap_or_else(|e| {
             warn!("takeover: {e:#}; binds are re-adopted without their backends");
             Vec::new()
         });
@@ -471,7 +472,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let opts = match inv {
+    let result = match inv {
         cli::Invocation::Version => {
             print!("{}", version_text());
             return ExitCode::SUCCESS;
@@ -480,13 +481,16 @@ pub fn main() -> ExitCode {
             print!("{}", cli::HELP);
             return ExitCode::SUCCESS;
         }
-        cli::Invocation::Singleton(s) => s,
+        cli::Invocation::Singleton(s) => match init_log(s.log_level.as_deref(), s.log_file.as_deref()) {
+            Ok(()) => run(s),
+            Err(e) => Err(e),
+        },
+        cli::Invocation::Fuse(f) => match init_log(f.log_level.as_deref(), f.log_file.as_deref()) {
+            Ok(()) => run_fuse(f),
+            Err(e) => Err(e),
+        },
     };
-    if let Err(e) = init_log(&opts) {
-        eprintln!("nydusd (erofsd): error: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    match run(opts) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -496,9 +500,21 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_log(opts: &Singleton) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::new(cli::log_filter(opts.log_level.as_deref()));
-    match &opts.log_file {
+/// Fuse mode runs supervised, like `erofsd daemon`: the process the snapshotter starts holds
+/// the kernel channels and the API connections, its child serves ([`fuse`]).
+fn run_fuse(opts: cli::Fuse) -> Result<()> {
+    if std::env::var_os(crate::daemon::supervisor::SUPERVISOR_FD_ENV).is_none() {
+        let exe = std::env::current_exe()?;
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let code = crate::daemon::supervisor::run(&exe, &args)?;
+        std::process::exit(code);
+    }
+    fuse::run(opts)
+}
+
+fn init_log(level: Option<&str>, file: Option<&Path>) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::new(cli::log_filter(level));
+    match file {
         Some(path) => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -1,10 +1,12 @@
-//! The bind list a successor (failover or `--upgrade`) needs beyond what the cachefiles
-//! front-end keeps: each bind's backend, so a registry-backed bind is re-adopted with its
+//! What a successor (failover, `--upgrade`, a restarted worker) needs beyond what the kernel
+//! front-end keeps: each bootstrap's backend, so a registry-backed image is re-adopted with its
 //! registry rather than a `blobs/` directory that does not exist.
 //!
-//! `<fscache dir>/state/nydusd-binds.json`, replaced atomically on every bind and unbind. The
-//! backends hold credentials (`auth`, `registry_token`), so the file is created mode 0600 and
-//! is never logged; the failover bytes sent to the snapshotter carry no backend.
+//! Two lists, one format: the singleton's bind list (`<fscache dir>/state/nydusd-binds.json`,
+//! [`BindRecord`]) and the fuse mode's mount list (`<cache dir>/state/nydusd-mounts.json`,
+//! [`MountRecord`]), each replaced atomically on every change. The backends hold credentials
+//! (`auth`, `registry_token`), so the files are created mode 0600 and never logged; the
+//! failover bytes sent to the snapshotter carry no backend.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -30,21 +32,42 @@ pub struct BindRecord {
     pub backend: Option<BackendRef>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StateFile {
-    version: u32,
-    binds: Vec<BindRecord>,
+/// One kernel EROFS mount of the fuse mode (`nydusd fuse`): where, which bootstrap, and from
+/// which backend its blobs come.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub mountpoint: PathBuf,
+    /// The snapshotter's `/<id>` of a shared-daemon mount; `None` for a dedicated daemon's.
+    #[serde(default)]
+    pub relative: Option<String>,
+    pub bootstrap: PathBuf,
+    pub image_id: String,
+    #[serde(default)]
+    pub backend: Option<BackendRef>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct StateFile<T> {
+    version: u32,
+    #[serde(alias = "binds")]
+    records: Vec<T>,
+}
+
+/// The singleton's bind list.
 pub fn path(cache_dir: &Path) -> PathBuf {
     cache_dir.join("state").join("nydusd-binds.json")
 }
 
-/// Replaces the file with `binds` (temp file created 0600, fsync, rename, fsync the directory).
-pub fn save(path: &Path, binds: &[BindRecord]) -> Result<()> {
+/// The fuse mode's mount list.
+pub fn mounts_path(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("state").join("nydusd-mounts.json")
+}
+
+/// Replaces the file with `records` (temp file created 0600, fsync, rename, fsync the directory).
+pub fn save<T: Serialize + Clone>(path: &Path, records: &[T]) -> Result<()> {
     let dir = path.parent().context("state file path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let bytes = serde_json::to_vec_pretty(&StateFile { version: VERSION, binds: binds.to_vec() })?;
+    let bytes = serde_json::to_vec_pretty(&StateFile { version: VERSION, records: records.to_vec() })?;
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
@@ -66,25 +89,25 @@ pub fn save(path: &Path, binds: &[BindRecord]) -> Result<()> {
 
 /// Reads the file; missing is an empty list. A file others can read is still used, and its
 /// mode tightened (it holds credentials).
-pub fn load(path: &Path) -> Result<Vec<BindRecord>> {
+pub fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     if meta.len() > MAX_FILE {
-        bail!("{} is {} bytes: implausibly large for a bind list", path.display(), meta.len());
+        bail!("{} is {} bytes: implausibly large for a state list", path.display(), meta.len());
     }
     if meta.permissions().mode() & 0o077 != 0 {
         tracing::warn!("{} was readable by others (it holds registry credentials): mode set to 0600", path.display());
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let state: StateFile = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    let state: StateFile<T> = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
     if state.version != VERSION {
         bail!("{} has unknown version {}", path.display(), state.version);
     }
-    Ok(state.binds)
+    Ok(state.records)
 }
 
 #[cfg(test)]
@@ -95,7 +118,7 @@ mod tests {
     fn round_trip_mode_0600_and_bad_files() {
         let d = tempfile::tempdir().unwrap();
         let p = path(d.path());
-        assert!(load(&p).unwrap().is_empty());
+        assert!(load::<BindRecord>(&p).unwrap().is_empty());
         let rec = BindRecord {
             domain_id: "d".into(),
             id: "f".into(),
@@ -108,17 +131,24 @@ mod tests {
         };
         save(&p, std::slice::from_ref(&rec)).unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(load(&p).unwrap(), vec![rec.clone()]);
-        save(&p, &[]).unwrap();
-        assert!(load(&p).unwrap().is_empty());
+        assert_eq!(load::<BindRecord>(&p).unwrap(), vec![rec.clone()]);
+        save::<BindRecord>(&p, &[]).unwrap();
+        assert!(load::<BindRecord>(&p).unwrap().is_empty());
         // Widened by someone: still read, tightened.
         save(&p, &[rec]).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(load(&p).unwrap().len(), 1);
+        assert_eq!(load::<BindRecord>(&p).unwrap().len(), 1);
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::write(&p, b"{not json").unwrap();
-        assert!(format!("{:#}", load(&p).unwrap_err()).contains("parsing"));
+        assert!(format!("{:#}", load::<BindRecord>(&p).unwrap_err()).contains("parsing"));
         std::fs::write(&p, br#"{"version": 9, "binds": []}"#).unwrap();
-        assert!(format!("{:#}", load(&p).unwrap_err()).contains("version 9"));
+        assert!(format!("{:#}", load::<BindRecord>(&p).unwrap_err()).contains("version 9"));
+        // A list written before the key was generic still reads.
+        std::fs::write(&p, br#"{"version": 1, "binds": []}"#).unwrap();
+        assert!(load::<BindRecord>(&p).unwrap().is_empty());
+        let m = MountRecord { mountpoint: "/m/x".into(), relative: Some("/x".into()), bootstrap: "/b".into(), image_id: "cd".repeat(32), backend: None };
+        let mp = mounts_path(d.path());
+        save(&mp, std::slice::from_ref(&m)).unwrap();
+        assert_eq!(load::<MountRecord>(&mp).unwrap(), vec![m]);
     }
 }

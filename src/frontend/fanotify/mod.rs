@@ -100,11 +100,17 @@ fn eventfd() -> Result<OwnedFd> {
 
 /// Starts the front-end: takes the kernel channel and serves it on the current tokio runtime.
 pub fn start(config: &Config, filler: Filler) -> Result<Arc<dyn Frontend>> {
-    Ok(FanotifyFrontend::start(config, filler)?)
+    Ok(FanotifyFrontend::start(config, filler, None)?)
 }
 
+/// Reloads the image of a mount a previous worker made, when its blobs do not come from a
+/// `blobs/` directory beside its bootstrap (the caller knows where they come from).
+pub type Loader<'a> = dyn Fn(&SavedMount, &ImageStore) -> Result<Arc<Image>> + 'a;
+
 impl FanotifyFrontend {
-    pub fn start(config: &Config, filler: Filler) -> Result<Arc<FanotifyFrontend>> {
+    /// Starts serving; after a restart under the same group, re-adopts the mounts the kernel
+    /// kept, loading each image with `loader` (default: `blobs/` beside the bootstrap).
+    pub fn start(config: &Config, filler: Filler, loader: Option<&Loader<'_>>) -> Result<Arc<FanotifyFrontend>> {
         let support = probe::probe_in(&config.cache_dir);
         if !support.usable {
             bail!("the fanotify front-end cannot run here: {}", support.details.join("; "));
@@ -156,7 +162,7 @@ impl FanotifyFrontend {
                     still_detached.push(m);
                     continue;
                 }
-                match adopt(&server, &images, &m) {
+                match adopt(&server, &images, &m, loader) {
                     Ok(served) => {
                         recovered.push((served.info.clone(), served.image.clone()));
                         mounts.insert(m.mountpoint.clone(), served);
@@ -312,6 +318,11 @@ impl FanotifyFrontend {
 }
 
 impl FanotifyFrontend {
+    /// The fanotify group (for a second holder: nydusd's `sendfd`).
+    pub fn group_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.server.group.as_fd()
+    }
+
     /// Fills every group of `image`'s blobs (events keep being served meanwhile). True if all
     /// are complete: the cache files then hold no hole a reader could mistake for data.
     fn complete_blobs(&self, image: &Image) -> bool {
@@ -332,11 +343,15 @@ impl FanotifyFrontend {
 }
 
 /// Rebuilds one mount a previous worker made (restart under the same group).
-fn adopt(server: &Arc<Server>, images: &ImageStore, m: &SavedMount) -> Result<Served> {
+fn adopt(server: &Arc<Server>, images: &ImageStore, m: &SavedMount, loader: Option<&Loader<'_>>) -> Result<Served> {
     if !sysmount::is_erofs_mount(&m.mountpoint) {
         bail!("{} is no longer an EROFS mount", m.mountpoint.display());
     }
-    let image = images.load_dir(&m.image).with_context(|| format!("loading {}", m.image.display()))?;
+    let image = match loader {
+        Some(load) => load(m, images),
+        None => images.load_dir(&m.image),
+    }
+    .with_context(|| format!("loading {}", m.image.display()))?;
     if image.id != m.image_id {
         bail!("image {} changed since it was mounted", m.image.display());
     }
