@@ -44,11 +44,14 @@ fn run_sums(s: &Stack, image: &str) {
 const PY_CMD: &[&str] = &["/usr/bin/python3", "-c", "import json; print(json.dumps({'erofsd': [1, 2, 3]}, sort_keys=True))"];
 const PY_OUT: &str = "{\"erofsd\": [1, 2, 3]}\n";
 
-/// The daemons' mounts are kernel EROFS, and nothing under the stack is FUSE.
+/// The daemons' mounts are kernel EROFS, nothing under the stack is FUSE, and no mount point
+/// carries two mounts (a daemon's successor mounting over a dead predecessor's mount).
 fn assert_erofs_not_fuse(s: &Stack) {
     let types = s.mount_types();
     assert!(types.iter().any(|t| t == "erofs"), "no erofs mount under the stack: {types:?}\n{}", s.diagnostics());
     assert!(!types.iter().any(|t| t.starts_with("fuse")), "a FUSE mount under the stack: {types:?}\n{}", s.diagnostics());
+    let stacked = s.stacked_mounts();
+    assert!(stacked.is_empty(), "mounts stacked on one mount point: {stacked:?}\n{}", s.diagnostics());
 }
 
 /// The registry served blob `hex` (of `size` bytes) lazily: some bytes, and less than `max_share` of it.
@@ -193,7 +196,7 @@ fn start_single_container_multiple_daemons() {
     let image = s.push_nydus_fixture("dir-zstd", "zstd");
     let id = run_detached(&s, &image);
     exec_sums(&s, &id);
-    assert_eq!(s.nydusd_pids().len(), 1, "daemons: {:?}\n{}", s.nydusd_pids(), s.diagnostics());
+    assert_eq!(s.daemon_pids().len(), 1, "daemons: {:?}\n{}", s.daemon_pids(), s.diagnostics());
     assert_erofs_not_fuse(&s);
 }
 
@@ -208,14 +211,14 @@ fn start_multiple_containers_multiple_daemons() {
     for id in &ids {
         exec_sums(&s, id);
     }
-    assert_eq!(s.nydusd_pids().len(), 3, "one daemon per image\n{}", s.diagnostics());
+    assert_eq!(s.daemon_pids().len(), 3, "one daemon per image\n{}", s.diagnostics());
     assert_erofs_not_fuse(&s);
     prune(&s);
     for i in images.iter().rev() {
         let id = run_detached(&s, i);
         exec_sums(&s, &id);
     }
-    assert_eq!(s.nydusd_pids().len(), 3, "one daemon per image\n{}", s.diagnostics());
+    assert_eq!(s.daemon_pids().len(), 3, "one daemon per image\n{}", s.diagnostics());
 }
 
 /// entrypoint.sh `start_multiple_containers_shared_daemon`: three images under one shared
@@ -229,7 +232,7 @@ fn start_multiple_containers_shared_daemon() {
     for id in &ids {
         exec_sums(&s, id);
     }
-    assert_eq!(s.nydusd_pids().len(), 1, "one shared daemon\n{}", s.diagnostics());
+    assert_eq!(s.daemon_pids().len(), 1, "one shared daemon\n{}", s.diagnostics());
     let erofs = s.mount_types().iter().filter(|t| *t == "erofs").count();
     assert!(erofs >= 3, "an EROFS mount per image, found {erofs}\n{}", s.diagnostics());
     assert_erofs_not_fuse(&s);
@@ -319,12 +322,9 @@ fn kill_snapshotter_and_nydusd_recover(test: &str, opts: Options) {
             s.nerdctl_ok(&args).trim().to_string()
         })
         .collect();
-    assert!(!s.nydusd_pids().is_empty(), "no daemon after create\n{}", s.diagnostics());
-    for p in s.nydusd_pids() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
-    }
+    assert!(!s.daemon_pids().is_empty(), "no daemon after create\n{}", s.diagnostics());
+    s.killall_nydusd();
     s.kill_snapshotter();
-    s.wait_for("the killed daemons to be gone", Duration::from_secs(10), || s.nydusd_pids().is_empty());
     s.start_snapshotter();
     for id in &ids {
         let out = s.nerdctl_ok(&["start", "--attach", id]);
@@ -358,10 +358,10 @@ fn only_restart_snapshotter(test: &str, opts: Options) {
             s.nerdctl_ok(&args).trim().to_string()
         })
         .collect();
-    let daemons = s.nydusd_pids();
+    let daemons = s.daemon_pids();
     s.kill_snapshotter();
     s.start_snapshotter();
-    assert_eq!(s.nydusd_pids(), daemons, "the daemons outlive a snapshotter restart\n{}", s.diagnostics());
+    assert_eq!(s.daemon_pids(), daemons, "the daemons outlive a snapshotter restart\n{}", s.diagnostics());
     let erofs = s.mount_types().iter().filter(|t| *t == "erofs").count();
     assert!(erofs >= 2, "an EROFS mount per image, found {erofs}\n{}", s.diagnostics());
     for id in &ids {
@@ -394,13 +394,11 @@ fn kill_nydusd_recover_nydusd(test: &str, opts: Options) {
             s.nerdctl_ok(&args).trim().to_string()
         })
         .collect();
-    let before = s.nydusd_pids();
-    for p in &before {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGKILL);
-    }
-    s.wait_for("the snapshotter to restart the daemons", Duration::from_secs(30), || {
-        let now = s.nydusd_pids();
-        now.len() == before.len() && now.iter().all(|p| !before.contains(p))
+    let daemons = s.daemon_pids().len();
+    let killed = s.killall_nydusd();
+    s.wait_for("the daemons to run again", Duration::from_secs(30), || {
+        let now = s.daemon_pids();
+        now.len() == daemons && now.iter().all(|p| !killed.contains(p))
     });
     for id in &ids {
         assert_eq!(s.nerdctl_ok(&["start", "--attach", id]), want, "container {id} after the daemons' restart");
@@ -416,4 +414,37 @@ fn kill_nydusd_recover_nydusd_dedicated() {
 #[test]
 fn kill_nydusd_recover_nydusd_shared() {
     kill_nydusd_recover_nydusd("kill_nydusd_recover_nydusd_shared", Options::shared());
+}
+
+// ---------------------------------------------------------------- faults
+
+/// `killall -9 nydusd` is not atomic: the daemon's supervisor dies first and its worker, still
+/// alive for a moment, starts a new supervisor, which then sees the worker die and restarts
+/// it. Done here in slow motion (supervisor, 300 ms, worker) while a container runs: the
+/// daemon serves again, the running container reads every byte right, and the successor
+/// leaves one mount on the mount point, not a second one stacked over the dead worker's.
+#[test]
+fn fault_supervisor_then_worker_sigkill_container_keeps_reading() {
+    let test = "fault_supervisor_then_worker_sigkill_container_keeps_reading";
+    let Some(s) = nydus_stack(test, Options::dedicated()) else { return };
+    let image = s.push_nydus_fixture("dir-zstd", "zstd");
+    let id = run_detached(&s, &image);
+    let daemons = s.daemon_pids();
+    assert_eq!(daemons.len(), 1, "one daemon\n{}", s.diagnostics());
+    let supervisor = daemons[0];
+    let workers: Vec<i32> = s.nydusd_pids().into_iter().filter(|p| *p != supervisor).collect();
+    let kill = |p: i32| {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+    };
+    kill(supervisor);
+    std::thread::sleep(Duration::from_millis(300));
+    for w in &workers {
+        kill(*w);
+    }
+    s.wait_for("a new worker", Duration::from_secs(30), || {
+        let now = s.nydusd_pids();
+        now.len() >= 2 && now.iter().all(|p| *p != supervisor && !workers.contains(p))
+    });
+    exec_sums(&s, &id);
+    assert_erofs_not_fuse(&s);
 }

@@ -360,10 +360,41 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         out
     }
 
-    /// Pids of the running daemons (processes whose command line runs this stack's `nydusd`).
+    /// Pids of every process running this stack's `nydusd` (a daemon is two: erofsd's
+    /// supervisor, which the snapshotter started, and its worker child).
     pub fn nydusd_pids(&self) -> Vec<i32> {
         let bin = self.path("bin/nydusd");
         pids_where(|argv| argv.first().is_some_and(|a| Path::new(a) == bin))
+    }
+
+    /// One pid per daemon: the `nydusd` processes whose parent is not a `nydusd` process.
+    pub fn daemon_pids(&self) -> Vec<i32> {
+        let all = self.nydusd_pids();
+        all.iter().copied().filter(|p| !parent_pid(*p).is_some_and(|pp| all.contains(&pp))).collect()
+    }
+
+    /// `killall -9 nydusd`: one SIGKILL to each process running this stack's `nydusd`, in pid
+    /// order; waits until those processes are gone and returns their pids.
+    pub fn killall_nydusd(&self) -> Vec<i32> {
+        let pids = self.nydusd_pids();
+        for p in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGKILL);
+        }
+        self.wait_for("the killed nydusd processes to be gone", Duration::from_secs(10), || {
+            // A killed process left unreaped is a zombie, whose cmdline is empty: not listed.
+            let now = self.nydusd_pids();
+            pids.iter().all(|p| !now.contains(p))
+        });
+        pids
+    }
+
+    /// Mount points under the root that carry more than one mount (one stacked on another).
+    pub fn stacked_mounts(&self) -> Vec<PathBuf> {
+        let mut points: Vec<PathBuf> = self.mounts().iter().filter_map(|l| mountinfo_point(l)).collect();
+        points.sort();
+        let mut out: Vec<PathBuf> = points.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0].clone()).collect();
+        out.dedup();
+        out
     }
 
     /// `GET path` on a daemon's api socket, as JSON.
@@ -553,6 +584,13 @@ pub fn pids_where(f: impl Fn(&[String]) -> bool) -> Vec<i32> {
     }
     out.sort();
     out
+}
+
+/// The parent pid of `pid` (from /proc/PID/stat).
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...; comm may hold spaces and parentheses.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// mountinfo lines whose mount point is `root` or below.
