@@ -57,7 +57,11 @@ fn assert_erofs_not_fuse(s: &Stack) {
 /// The registry served blob `hex` (of `size` bytes) lazily: some bytes, and less than `max_share` of it.
 fn assert_fetched_fraction(s: &Stack, hex: &str, size: u64, max_share: f64) {
     let (bytes, gets) = s.blob_bytes_served(hex);
-    eprintln!("blob {hex}: {bytes} of {size} bytes served in {gets} GETs ({:.1}%)", 100.0 * bytes as f64 / size as f64);
+    eprintln!(
+        "blob {hex}: {bytes} of {size} bytes served in {gets} GETs ({:.1}%): {:?}",
+        100.0 * bytes as f64 / size as f64,
+        s.registry.blob_gets(hex)
+    );
     assert!(gets > 0 && bytes > 0, "blob {hex} was never fetched\n{}", s.diagnostics());
     assert!((bytes as f64) < max_share * size as f64, "blob {hex}: {bytes} of {size} bytes fetched, over {max_share} of it");
 }

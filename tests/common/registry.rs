@@ -147,11 +147,11 @@ impl Registry {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Body bytes the registry sent for GETs of blob `sha256:<hex>` (any repository), summed
-    /// over the access log (needs [`Registry::start_with_access_log`]), and how many GETs.
-    pub fn blob_bytes_served(&self, hex: &str) -> (u64, u64) {
+    /// The body bytes of each successful GET of blob `sha256:<hex>` (any repository), in
+    /// order, from the access log (needs [`Registry::start_with_access_log`]).
+    pub fn blob_gets(&self, hex: &str) -> Vec<u64> {
         let needle = format!("/blobs/sha256:{hex} ");
-        let (mut bytes, mut gets) = (0, 0);
+        let mut out = Vec::new();
         for l in self.log_text().lines() {
             // 127.0.0.1 - - [date] "GET /v2/REPO/blobs/sha256:HEX HTTP/1.1" 206 1234 "" "agent"
             let Some((req, rest)) = l.split_once("\"GET ").and_then(|(_, r)| r.split_once('"')) else { continue };
@@ -161,11 +161,10 @@ impl Registry {
             let mut f = rest.split_whitespace();
             let (status, n) = (f.next().unwrap_or(""), f.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0));
             if status.starts_with('2') {
-                bytes += n;
-                gets += 1;
+                out.push(n);
             }
         }
-        (bytes, gets)
+        out
     }
 
     pub fn host_port(&self) -> String {
