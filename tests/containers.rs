@@ -54,6 +54,15 @@ fn assert_erofs_not_fuse(s: &Stack) {
     assert!(stacked.is_empty(), "mounts stacked on one mount point: {stacked:?}\n{}", s.diagnostics());
 }
 
+/// Running container `id`'s rootfs is an overlay whose topmost lower layer is a kernel EROFS
+/// mount, and none of its layers is FUSE.
+fn assert_lower_is_erofs(s: &Stack, id: &str) {
+    let lowers = s.container_lowers(id);
+    eprintln!("container {id} lowers: {lowers:?}");
+    assert_eq!(lowers.first().map(|l| l.1.as_str()), Some("erofs"), "container {id} lowers {lowers:?}\n{}", s.diagnostics());
+    assert!(!lowers.iter().any(|l| l.1.starts_with("fuse")), "container {id} lowers {lowers:?}");
+}
+
 /// The registry served blob `hex` (of `size` bytes) lazily: some bytes, and less than `max_share` of it.
 fn assert_fetched_fraction(s: &Stack, hex: &str, size: u64, max_share: f64) {
     let (bytes, gets) = s.blob_bytes_served(hex);
@@ -112,6 +121,8 @@ fn run_nydus_fixture(test: &str, fixture: &str, opts: Options) {
     assert_erofs_not_fuse(&s);
     let (hex, size) = fixture_blob(fixture);
     assert_fetched_fraction(&s, &hex, size, 0.6);
+    let id = run_detached(&s, &image);
+    assert_lower_is_erofs(&s, &id);
 }
 
 /// A RAFS v6 zstd image (nydus-image dir-rafs), one daemon per image.
@@ -156,6 +167,8 @@ fn run_converted_rootfs(test: &str, opts: Options) {
     }
     eprintln!("erofsd convert rootfs: {served} of {total} blob bytes served ({:.1}%)", 100.0 * served as f64 / total as f64);
     assert!(served > 0 && (served as f64) < 0.25 * total as f64, "{served} of {total} bytes fetched\n{}", s.diagnostics());
+    let id = run_detached_cmd(&s, &image, &["/bin/sleep", "600"]);
+    assert_lower_is_erofs(&s, &id);
 }
 
 fn manifest_of(s: &Stack, repo: &str, tag: &str) -> serde_json::Value {
@@ -179,9 +192,15 @@ fn erofsd_convert_rootfs_python_shared() {
 
 // ---------------------------------------------------------------- entrypoint.sh scenarios
 
-/// `nerdctl run -d IMAGE sleep`, returning the container id.
+/// `nerdctl run -d IMAGE busybox sleep`, returning the container id.
 fn run_detached(s: &Stack, image: &str) -> String {
-    s.nerdctl_ok(&["run", "-d", "--net", "none", image, "/bin/busybox", "sleep", "600"]).trim().to_string()
+    run_detached_cmd(s, image, &["/bin/busybox", "sleep", "600"])
+}
+
+fn run_detached_cmd(s: &Stack, image: &str, cmd: &[&str]) -> String {
+    let mut args = vec!["run", "-d", "--net", "none", image];
+    args.extend_from_slice(cmd);
+    s.nerdctl_ok(&args).trim().to_string()
 }
 
 fn exec_sums(s: &Stack, id: &str) {
@@ -200,6 +219,7 @@ fn start_single_container_multiple_daemons() {
     let image = s.push_nydus_fixture("dir-zstd", "zstd");
     let id = run_detached(&s, &image);
     exec_sums(&s, &id);
+    assert_lower_is_erofs(&s, &id);
     assert_eq!(s.daemon_pids().len(), 1, "daemons: {:?}\n{}", s.daemon_pids(), s.diagnostics());
     assert_erofs_not_fuse(&s);
 }
@@ -214,6 +234,7 @@ fn start_multiple_containers_multiple_daemons() {
     let ids: Vec<String> = images.iter().map(|i| run_detached(&s, i)).collect();
     for id in &ids {
         exec_sums(&s, id);
+        assert_lower_is_erofs(&s, id);
     }
     assert_eq!(s.daemon_pids().len(), 3, "one daemon per image\n{}", s.diagnostics());
     assert_erofs_not_fuse(&s);
@@ -235,6 +256,7 @@ fn start_multiple_containers_shared_daemon() {
     let ids: Vec<String> = images.iter().map(|i| run_detached(&s, i)).collect();
     for id in &ids {
         exec_sums(&s, id);
+        assert_lower_is_erofs(&s, id);
     }
     assert_eq!(s.daemon_pids().len(), 1, "one shared daemon\n{}", s.diagnostics());
     let erofs = s.mount_types().iter().filter(|t| *t == "erofs").count();
@@ -451,4 +473,123 @@ fn fault_supervisor_then_worker_sigkill_container_keeps_reading() {
     });
     exec_sums(&s, &id);
     assert_erofs_not_fuse(&s);
+}
+
+/// A data blob missing from the registry: `nerdctl run` fails, the daemon's error names the
+/// blob where an operator finds it (its log, or its stderr, which the snapshotter passes on),
+/// and nothing stays mounted (no daemon mount, no container rootfs).
+///
+/// What nerdctl itself prints is the snapshotter's wording: a dedicated daemon that exits
+/// before its API is up is reported as "failed to reach RUNNING", and nydus-snapshotter
+/// v0.16.1's `Filesystem.Mount` drops the error of a failed shared mount (its final
+/// `return nil` overwrites the named error), so nerdctl then fails on the missing mount point.
+fn fault_blob_missing_from_registry(test: &str, opts: Options) {
+    let Some(s) = nydus_stack(test, opts) else { return };
+    let image = s.push_nydus_fixture("dir-zstd", "zstd");
+    let (hex, _) = fixture_blob("dir-zstd");
+    s.delete_blob("zstd", &hex);
+    let out = s.nerdctl(&["run", "--rm", "--net", "none", &image, "/bin/busybox", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("nerdctl run: {}\n{err}", out.status);
+    assert!(!out.status.success(), "nerdctl run succeeded without the data blob\n{}", s.diagnostics());
+    let daemon_said = s.erofsd_logs().iter().any(|(_, t)| t.contains(&hex) && t.contains("404"))
+        || std::fs::read_to_string(s.path("snapshotter.out")).unwrap_or_default().contains(&hex);
+    assert!(daemon_said, "no daemon log names the missing blob {hex}\n{}", s.diagnostics());
+    s.wait_for("no erofs or overlay mount", Duration::from_secs(30), || {
+        !s.mount_types().iter().any(|t| t == "erofs" || t == "overlay")
+    });
+}
+
+#[test]
+fn fault_blob_missing_from_registry_dedicated() {
+    fault_blob_missing_from_registry("fault_blob_missing_from_registry_dedicated", Options::dedicated());
+}
+
+#[test]
+fn fault_blob_missing_from_registry_shared() {
+    fault_blob_missing_from_registry("fault_blob_missing_from_registry_shared", Options::shared());
+}
+
+/// The snapshotter SIGKILLed and started again while containers run: they keep running and
+/// reading right, and new containers start.
+fn fault_snapshotter_restart_with_running_containers(test: &str, opts: Options) {
+    let Some(mut s) = nydus_stack(test, opts) else { return };
+    let images: Vec<String> = ["dir-zstd", "targz-ref", "dir-lz4_block"].iter().map(|f| s.push_nydus_fixture(f, f)).collect();
+    let ids: Vec<String> = images[..2].iter().map(|i| run_detached(&s, i)).collect();
+    s.kill_snapshotter();
+    s.start_snapshotter();
+    for id in &ids {
+        exec_sums(&s, id);
+        assert_lower_is_erofs(&s, id);
+    }
+    for i in &images {
+        run_sums(&s, i);
+    }
+    assert_erofs_not_fuse(&s);
+}
+
+#[test]
+fn fault_snapshotter_restart_with_running_containers_dedicated() {
+    fault_snapshotter_restart_with_running_containers("fault_snapshotter_restart_with_running_containers_dedicated", Options::dedicated());
+}
+
+#[test]
+fn fault_snapshotter_restart_with_running_containers_shared() {
+    fault_snapshotter_restart_with_running_containers("fault_snapshotter_restart_with_running_containers_shared", Options::shared());
+}
+
+/// SIGSTOP then SIGKILL to every process of the stack's daemons: all die at once, as in a
+/// cgroup kill (no process can act on another's death in between). Returns their pids.
+fn kill_daemons_at_once(s: &Stack) -> Vec<i32> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pids = s.nydusd_pids();
+    for p in &pids {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGSTOP);
+    }
+    for p in &pids {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    pids
+}
+
+/// The daemon killed (all its processes at once) during a container's cold start, with
+/// `recover_policy = "failover"`: the snapshotter's successor daemon takes over and the
+/// container finishes with the right output. The registry answers slowly (500 ms a request)
+/// so the kill lands while the container is still reading.
+fn fault_daemon_killed_during_cold_start_failover(test: &str, opts: Options) {
+    let Some(s) = nydus_stack(test, opts.recover("failover").with_front()) else { return };
+    let image = s.push_nydus_fixture("dir-zstd", "zstd");
+    s.nerdctl_ok(&["image", "pull", &image]);
+    let (cmd, want) = sha256sum_cmd();
+    let before = s.front().count();
+    s.front().set_always(Some(common::registry::Fault::Delay(Duration::from_millis(500))));
+    let out = std::thread::scope(|sc| {
+        let run = sc.spawn(|| {
+            let mut args = vec!["run", "--rm", "--net", "none", image.as_str()];
+            args.extend(cmd.iter().map(String::as_str));
+            s.nerdctl_timeout(&args, Duration::from_secs(120))
+        });
+        // The daemon is up and the container has started reading (a blob range was asked).
+        s.wait_for("the container's first blob reads", Duration::from_secs(60), || {
+            !s.daemon_pids().is_empty() && s.front().count() > before + 2
+        });
+        let killed = kill_daemons_at_once(&s);
+        eprintln!("killed daemon processes {killed:?} with {} registry requests made", s.front().count() - before);
+        s.front().set_always(None);
+        run.join().unwrap()
+    });
+    assert!(out.status.success(), "nerdctl run failed: {}\n{}\n{}", out.status, String::from_utf8_lossy(&out.stderr), s.diagnostics());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want, "container output after failover\n{}", s.diagnostics());
+    assert_erofs_not_fuse(&s);
+}
+
+#[test]
+fn fault_daemon_killed_during_cold_start_failover_dedicated() {
+    fault_daemon_killed_during_cold_start_failover("fault_daemon_killed_during_cold_start_failover_dedicated", Options::dedicated());
+}
+
+#[test]
+fn fault_daemon_killed_during_cold_start_failover_shared() {
+    fault_daemon_killed_during_cold_start_failover("fault_daemon_killed_during_cold_start_failover_shared", Options::shared());
 }

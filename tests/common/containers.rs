@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::registry::{push_blob, push_client, push_manifest, Registry};
+use super::registry::{push_blob, push_client, push_manifest, FaultFront, Registry};
 use super::{cli, env, fixtures};
 
 pub const NYDUS_BLOB: &str = "application/vnd.oci.image.layer.nydus.blob.v1";
@@ -65,17 +65,24 @@ pub struct Options {
     pub recover_policy: &'static str,
     /// `fs_prefetch.enable` in the nydusd config (off: the bytes fetched are what the container read).
     pub prefetch: bool,
+    /// Put a [`FaultFront`] before the registry: image references (and so the daemons'
+    /// backend) name the front, and [`Stack::front`] injects faults.
+    pub front: bool,
 }
 
 impl Options {
     pub fn dedicated() -> Options {
-        Options { daemon_mode: "dedicated", recover_policy: "none", prefetch: false }
+        Options { daemon_mode: "dedicated", recover_policy: "none", prefetch: false, front: false }
     }
     pub fn shared() -> Options {
-        Options { daemon_mode: "shared", recover_policy: "none", prefetch: false }
+        Options { daemon_mode: "shared", recover_policy: "none", prefetch: false, front: false }
     }
     pub fn recover(mut self, policy: &'static str) -> Options {
         self.recover_policy = policy;
+        self
+    }
+    pub fn with_front(mut self) -> Options {
+        self.front = true;
         self
     }
 }
@@ -88,6 +95,8 @@ pub struct Stack {
     /// snapshotter refuses a root over 70).
     pub root: PathBuf,
     pub registry: Registry,
+    /// The fault-injecting front (with the runtime it runs on), when `Options::front`.
+    front: Option<(tokio::runtime::Runtime, FaultFront)>,
     containerd: Option<Child>,
     snapshotter: Option<Child>,
     _root: Option<tempfile::TempDir>,
@@ -108,7 +117,13 @@ impl Stack {
         // The snapshotter runs `nydusd`: a link named so, to the erofsd binary under test.
         symlink(cli::erofsd_bin(), root.join("bin/nydusd")).unwrap();
         let registry = Registry::start_with_access_log();
-        let mut s = Stack { test: test.into(), opts, root, registry, containerd: None, snapshotter: None, _root: Some(dir) };
+        let front = opts.front.then(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let upstream = ([127, 0, 0, 1], registry.port).into();
+            let f = rt.block_on(FaultFront::start(upstream));
+            (rt, f)
+        });
+        let mut s = Stack { test: test.into(), opts, root, registry, front, containerd: None, snapshotter: None, _root: Some(dir) };
         s.write_configs();
         s.start_snapshotter();
         s.start_containerd();
@@ -237,6 +252,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         self.snapshotter = Some(child);
         let sock = self.path("nydus.sock");
         self.wait_socket(&sock, "containerd-nydus-grpc", || self.snapshotter_log());
+        if self.containerd.is_some() {
+            // containerd's connection to a restarted snapshotter comes back lazily: the first
+            // calls can fail with "connection closed" (entrypoint.sh retries `ctr snapshots`
+            // the same way before it goes on).
+            let addr = self.path("containerd.sock");
+            let args = ["--address", addr.to_str().unwrap(), "--namespace", NAMESPACE, "snapshots", "--snapshotter", "nydus", "ls"];
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !cli::run("ctr", args).status.success() {
+                assert!(Instant::now() < deadline, "containerd cannot reach the restarted snapshotter\n{}", self.diagnostics());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
     }
 
     fn start_containerd(&mut self) {
@@ -296,6 +323,32 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         cli::run(go_bin("nerdctl"), all)
     }
 
+    /// `nerdctl ARGS` with a time limit: past it, the processes stuck in the kernel are
+    /// described (their /proc stacks) and the test fails.
+    pub fn nerdctl_timeout(&self, args: &[&str], limit: Duration) -> Output {
+        let addr = self.path("containerd.sock");
+        let (data, hosts) = (self.path("nerdctl"), self.path("certs.d"));
+        let mut cmd = Command::new(go_bin("nerdctl"));
+        cmd.args(["--address", addr.to_str().unwrap(), "--namespace", NAMESPACE, "--data-root", data.to_str().unwrap()])
+            .args(["--hosts-dir", hosts.to_str().unwrap(), "--cgroup-manager", "cgroupfs", "--snapshotter", "nydus", "--insecure-registry"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn nerdctl");
+        let deadline = Instant::now() + limit;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let stuck = stuck_processes();
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("nerdctl {args:?} did not finish in {limit:?}; processes in uninterruptible sleep:\n{stuck}\n{}", self.diagnostics());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.wait_with_output().unwrap()
+    }
+
     /// `nerdctl ARGS`, which must succeed; returns its stdout.
     pub fn nerdctl_ok(&self, args: &[&str]) -> String {
         let out = self.nerdctl(args);
@@ -327,6 +380,35 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     /// Filesystem types of the mounts under the root (`erofs`, `overlay`, `fuse`, ...).
     pub fn mount_types(&self) -> Vec<String> {
         self.mounts().iter().filter_map(|l| mountinfo_fstype(l)).collect()
+    }
+
+    /// The lower directories of running container `id`'s rootfs overlay, topmost first, each
+    /// with the filesystem type of the mount it lies on (`erofs` for a daemon's mount).
+    pub fn container_lowers(&self, id: &str) -> Vec<(PathBuf, String)> {
+        let all: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().map(str::to_string).collect();
+        let rootfs = self.path(&format!("containerd/state/io.containerd.runtime.v2.task/{NAMESPACE}/{id}/rootfs"));
+        let Some(line) = all.iter().rev().find(|l| mountinfo_point(l).as_deref() == Some(rootfs.as_path())) else {
+            panic!("no rootfs mount for container {id} at {}\n{}", rootfs.display(), self.diagnostics());
+        };
+        let opts = line.split_once(" - ").and_then(|(_, a)| a.split(' ').nth(2)).unwrap_or("");
+        let lower = opts.split(',').find_map(|o| o.strip_prefix("lowerdir=")).unwrap_or_else(|| panic!("no lowerdir in {line}"));
+        lower
+            .split(':')
+            .map(|d| {
+                let d = PathBuf::from(d);
+                // The mount it lies on: the last-mounted of those with the longest matching point.
+                let fstype = all
+                    .iter()
+                    .filter_map(|l| Some((mountinfo_point(l)?, mountinfo_fstype(l)?)))
+                    .filter(|(p, _)| d.starts_with(p))
+                    .fold((0, String::new()), |best, (p, t)| {
+                        let n = p.components().count();
+                        if n >= best.0 { (n, t) } else { best }
+                    })
+                    .1;
+                (d, fstype)
+            })
+            .collect()
     }
 
     /// The snapshotter's log file plus its stdout/stderr (where nydusd's own stdout/stderr go).
@@ -435,9 +517,30 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
     // ------------------------------------------------------------ images
 
-    /// `127.0.0.1:PORT/REPO:TAG`.
+    /// `127.0.0.1:PORT/REPO:TAG`: the front's port when there is one.
     pub fn image_ref(&self, repo: &str, tag: &str) -> String {
-        format!("{}/{repo}:{tag}", self.registry.host_port())
+        format!("{}/{repo}:{tag}", self.registry_host())
+    }
+
+    /// `127.0.0.1:PORT` of the registry as clients see it (the front, when there is one).
+    pub fn registry_host(&self) -> String {
+        match &self.front {
+            Some((_, f)) => f.addr.to_string(),
+            None => self.registry.host_port(),
+        }
+    }
+
+    /// The fault-injecting front (`Options::with_front`).
+    pub fn front(&self) -> &FaultFront {
+        &self.front.as_ref().expect("the stack was started without Options::with_front").1
+    }
+
+    /// Deletes blob `sha256:<hex>` from repository `repo` (the registry has deletes enabled).
+    pub fn delete_blob(&self, repo: &str, hex: &str) {
+        let url = format!("{}/v2/{repo}/blobs/sha256:{hex}", self.registry.url);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let status = rt.block_on(async { push_client(None).delete(&url).send().await.unwrap().status() });
+        assert_eq!(status.as_u16(), 202, "DELETE {url}");
     }
 
     /// Pushes the nydus fixture `name` (tests/fixtures/nydus/NAME: image.boot + blobs/<id>)
@@ -486,7 +589,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         cli::run_ok("umoci", ["init", "--layout", layout.to_str().unwrap()]);
         cli::run_ok("umoci", ["new", "--image", &image]);
         cli::run_ok("umoci", ["raw", "add-layer", "--image", &image, tar.to_str().unwrap()]);
-        let dest = format!("docker://{}", self.image_ref(repo, "plain"));
+        // Pushed to the registry itself (the front relays no request bodies).
+        let dest = format!("docker://{}/{repo}:plain", self.registry.host_port());
         cli::run_ok("skopeo", ["copy", "--dest-tls-verify=false", &format!("oci:{image}"), &dest]);
         self.image_ref(repo, "plain")
     }
@@ -496,7 +600,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     pub fn push_converted_rootfs(&self, repo: &str) -> String {
         let oci = fixtures::fixture("oci");
         let src = format!("oci:{}:base", oci.join("layout").display());
-        let dst = format!("http://{}", self.image_ref(repo, "erofsd"));
+        let dst = format!("http://{}/{repo}:erofsd", self.registry.host_port());
         let work = self.path("images");
         cli::run_ok(cli::erofsd_bin(), ["convert", "--quiet", "--work-dir", work.to_str().unwrap(), &src, &dst]);
         self.image_ref(repo, "erofsd")
@@ -545,6 +649,12 @@ impl Drop for Stack {
         for p in points {
             let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
         }
+        if std::env::var_os("EROFSD_KEEP_STACK").is_some() {
+            // For a developer reading the logs after a failure; mounts and processes are gone.
+            if let Some(d) = self._root.take() {
+                eprintln!("EROFSD_KEEP_STACK: kept {}", d.keep().display());
+            }
+        }
         if let Some(d) = self._root.take() {
             let path = d.path().to_path_buf();
             if let Err(e) = d.close() {
@@ -584,6 +694,20 @@ pub fn pids_where(f: impl Fn(&[String]) -> bool) -> Vec<i32> {
         }
     }
     out.sort();
+    out
+}
+
+/// Every process in uninterruptible sleep (state D): pid, command line and kernel stack.
+pub fn stuck_processes() -> String {
+    let mut out = String::new();
+    for p in pids_where(|_| true) {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        if status.lines().any(|l| l.starts_with("State:") && l.contains("D (")) {
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let stack = std::fs::read_to_string(format!("/proc/{p}/stack")).unwrap_or_default();
+            out += &format!("pid {p}: {}\n{stack}\n", String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
     out
 }
 
