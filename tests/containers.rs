@@ -533,9 +533,15 @@ fn fault_snapshotter_restart_with_running_containers_dedicated() {
     fault_snapshotter_restart_with_running_containers("fault_snapshotter_restart_with_running_containers_dedicated", Options::dedicated());
 }
 
+/// With `recover_policy = "failover"`: nydus-snapshotter v0.16.1 keeps a live shared daemon
+/// after its own restart only on that policy (for the others `NewFileSystem` skips
+/// `TryRetainSharedDaemon`, and new images then fail with "no shared daemon").
 #[test]
 fn fault_snapshotter_restart_with_running_containers_shared() {
-    fault_snapshotter_restart_with_running_containers("fault_snapshotter_restart_with_running_containers_shared", Options::shared());
+    fault_snapshotter_restart_with_running_containers(
+        "fault_snapshotter_restart_with_running_containers_shared",
+        Options::shared().recover("failover"),
+    );
 }
 
 /// SIGSTOP then SIGKILL to every process of the stack's daemons: all die at once, as in a
@@ -592,4 +598,48 @@ fn fault_daemon_killed_during_cold_start_failover_dedicated() {
 #[test]
 fn fault_daemon_killed_during_cold_start_failover_shared() {
     fault_daemon_killed_during_cold_start_failover("fault_daemon_killed_during_cold_start_failover_shared", Options::shared());
+}
+
+/// The registry killed while a container starts cold: its reads fail (the run fails, or the
+/// files it could not read are reported as errors) and never return wrong bytes; a container
+/// of another image, already read, keeps running and reading right; with the registry back,
+/// the cold image runs.
+#[test]
+fn fault_registry_killed_during_cold_start() {
+    let test = "fault_registry_killed_during_cold_start";
+    let Some(mut s) = nydus_stack(test, Options::dedicated().with_front()) else { return };
+    let warm = s.push_nydus_fixture("dir-zstd", "zstd");
+    let cold = s.push_nydus_fixture("targz-ref", "targz");
+    let warm_id = run_detached(&s, &warm);
+    exec_sums(&s, &warm_id);
+    s.nerdctl_ok(&["image", "pull", &cold]);
+    let (cmd, want) = sha256sum_cmd();
+    let before = s.front().count();
+    s.front().set_always(Some(common::registry::Fault::Delay(Duration::from_millis(300))));
+    let out = std::thread::scope(|sc| {
+        let run = sc.spawn(|| {
+            let mut args = vec!["run", "--rm", "--net", "none", cold.as_str()];
+            args.extend(cmd.iter().map(String::as_str));
+            s.nerdctl_timeout(&args, Duration::from_secs(180))
+        });
+        s.wait_for("the cold container's first blob reads", Duration::from_secs(60), || s.front().count() > before + 3);
+        eprintln!("killing the registry after {} requests", s.front().count() - before);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.registry.pid() as i32), nix::sys::signal::Signal::SIGKILL);
+        s.front().set_always(None);
+        run.join().unwrap()
+    });
+    s.registry.kill(); // reaps it
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("cold run: {}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    let good: Vec<&str> = want.lines().collect();
+    for l in stdout.lines() {
+        assert!(good.contains(&l), "a wrong line from a container whose registry died: {l:?}\n{}", s.diagnostics());
+    }
+    if out.status.success() {
+        assert_eq!(stdout, want);
+    }
+    exec_sums(&s, &warm_id);
+    s.registry.revive();
+    run_sums(&s, &cold);
+    assert_erofs_not_fuse(&s);
 }

@@ -700,12 +700,15 @@ pub fn pids_where(f: impl Fn(&[String]) -> bool) -> Vec<i32> {
 /// Every process in uninterruptible sleep (state D): pid, command line and kernel stack.
 pub fn stuck_processes() -> String {
     let mut out = String::new();
-    for p in pids_where(|_| true) {
+    // Every pid, not pids_where: a process stuck in execve has an empty cmdline.
+    let pids = std::fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok());
+    for p in pids {
         let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
         if status.lines().any(|l| l.starts_with("State:") && l.contains("D (")) {
             let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
             let stack = std::fs::read_to_string(format!("/proc/{p}/stack")).unwrap_or_default();
-            out += &format!("pid {p}: {}\n{stack}\n", String::from_utf8_lossy(&cmdline).replace('\0', " "));
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            out += &format!("pid {p} ({}): {}\n{stack}\n", comm.trim(), String::from_utf8_lossy(&cmdline).replace('\0', " "));
         }
     }
     out

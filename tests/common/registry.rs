@@ -126,6 +126,11 @@ impl Registry {
         let _ = self.child.wait();
     }
 
+    /// The registry process's pid (to signal it while the registry is shared).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts the registry again on the same port with the same storage.
     pub fn revive(&mut self) {
         self.child = Self::spawn(&self._dir.path().join("config.yml"), &self.log);
