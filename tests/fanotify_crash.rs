@@ -443,7 +443,7 @@ fn fanotify_systemd_unit_daemon_sigkill_during_random_reads() {
         let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("the unit has ExecStart=");
         eprintln!("unit: ExecStart={exec}");
         // Absolute paths are the installed ones: under the staging root.
-        let mut words = exec.split_whitespace().map(|w| if w.starts_with('/') { root.join(&w[1..]).into_os_string() } else { w.into() });
+        let mut words = exec.split_whitespace().map(|w| match w.strip_prefix('/') { Some(rel) => root.join(rel).into_os_string(), None => w.into() });
         let program = PathBuf::from(words.next().unwrap());
         let args: Vec<std::ffi::OsString> = words.collect();
         let (cache, socket) = (dir.join("cache"), dir.join("api.sock"));

@@ -7,19 +7,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::http::{call, connect, exchange, json, nydusd_link};
 use sha2::{Digest, Sha256};
-
-fn nydusd_link(dir: &Path) -> PathBuf {
-    let link = dir.join("nydusd");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_erofsd"), &link).unwrap();
-    link
-}
 
 struct Daemon {
     child: Child,
@@ -53,52 +48,6 @@ fn start(nydusd: &Path, root: &Path, sock: &Path, extra: &[&str]) -> Daemon {
         std::thread::sleep(Duration::from_millis(50));
     }
     Daemon { child, sock: sock.to_path_buf() }
-}
-
-/// One HTTP/1.1 exchange on a (kept-alive) connection: (status, body).
-fn exchange(conn: &mut BufReader<UnixStream>, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: unix\r\n");
-    if let Some(b) = body {
-        req += &format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len());
-    }
-    req += "\r\n";
-    if let Some(b) = body {
-        req += b;
-    }
-    conn.get_mut().write_all(req.as_bytes()).unwrap();
-    let mut status = String::new();
-    conn.read_line(&mut status).unwrap();
-    let code: u16 = status.split_whitespace().nth(1).unwrap_or_else(|| panic!("bad status line {status:?}")).parse().unwrap();
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        conn.read_line(&mut h).unwrap();
-        if h == "\r\n" || h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-    }
-    let mut b = vec![0; len];
-    conn.read_exact(&mut b).unwrap();
-    (code, String::from_utf8(b).unwrap())
-}
-
-fn connect(sock: &Path) -> BufReader<UnixStream> {
-    let s = UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    BufReader::new(s)
-}
-
-fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    exchange(&mut connect(sock), method, path, body)
-}
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s:?}"))
 }
 
 /// An image made by `erofsd build` from a small tree: (image dir, blob ids).
@@ -394,7 +343,10 @@ fn command_line_errors_are_clear() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--fscache"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = Command::new(&nydusd).args(["fuse", "--mountpoint", "/mnt"]).output().unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("singleton"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--apisock"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(&nydusd).args(["virtiofs", "--apisock", "/tmp/x.sock"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("singleton"), "{}", String::from_utf8_lossy(&o.stderr));
     // Without API-ONLY on a host lacking cachefiles on-demand: a clear failure, no socket.
     if !Path::new("/dev/cachefiles").exists() {
         let sock = t.path().join("api.sock");

@@ -70,11 +70,8 @@ pub fn resolve_config(args: &Args) -> Result<Config> {
 pub fn run(args: Args) -> Result<()> {
     if args.unsafe_no_supervisor {
         tracing::warn!("{UNSUPERVISED_WARNING}");
-    } else if std::env::var_os(supervisor::SUPERVISOR_FD_ENV).is_none() {
-        let exe = std::env::current_exe()?;
-        let child_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).filter(|a| a != "--supervise").collect();
-        let code = supervisor::run(&exe, &child_args)?;
-        std::process::exit(code);
+    } else {
+        supervisor::supervise_unless_worker(|a| a != "--supervise")?;
     }
     raise_nofile_limit();
     let config = resolve_config(&args)?;

@@ -49,8 +49,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut fan = fanotify::probe();
     fan.details.push(FANOTIFY_CGROUP_KILL.into());
     let cf = cachefiles::probe::probe_in(&args.cache_dir);
+    let driver = snapshotter_driver(fan.usable, cf.usable);
     if args.json {
-        let j = serde_json::json!({ "kernel": release, "general": general, "fanotify": fan, "cachefiles": cf });
+        let j = serde_json::json!({ "kernel": release, "general": general, "fanotify": fan, "cachefiles": cf, "nydus_snapshotter_fs_driver": driver });
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
@@ -74,5 +75,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "none: no front-end can run on this kernel"
     };
     println!("--frontend auto would use: {pick}");
+    println!("nydus-snapshotter with erofsd as nydusd: {driver}");
     Ok(())
+}
+
+/// Which `fs_driver` nydus-snapshotter should run with erofsd as its `nydusd` (README,
+/// "Containers with nydus-snapshotter").
+fn snapshotter_driver(fanotify: bool, cachefiles: bool) -> &'static str {
+    match (fanotify, cachefiles) {
+        (true, _) => "fs_driver = \"fusedev\" (its default): erofsd answers `nydusd fuse` with a kernel EROFS mount through fanotify, no FUSE",
+        (false, true) => "fs_driver = \"fscache\": the snapshotter mounts EROFS over cachefiles, erofsd serves it",
+        (false, false) => "neither driver can be served on this kernel (fusedev needs the fanotify front-end, fscache the cachefiles one)",
+    }
 }

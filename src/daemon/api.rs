@@ -40,19 +40,44 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// Binds the socket (replacing a stale one), restricted to its owner.
+/// Longest socket path `sun_path` takes (108 bytes with its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// `path` itself, or for a longer one `/proc/self/fd/N/<name>` through an `O_PATH` descriptor
+/// of its directory, kept open as long as the returned file lives.
+fn reachable(path: &Path) -> Result<(PathBuf, Option<std::fs::File>)> {
+    if path.as_os_str().len() <= SUN_PATH_MAX {
+        return Ok((path.to_path_buf(), None));
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { anyhow::bail!("socket path {} has no directory", path.display()) };
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)
+        .with_context(|| format!("opening {}", dir.display()))?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&d))).join(name);
+    if short.as_os_str().len() > SUN_PATH_MAX {
+        anyhow::bail!("socket name {:?} is too long for a unix socket", name);
+    }
+    Ok((short, Some(d)))
+}
+
+/// Binds the socket (replacing a stale one), restricted to its owner. A path longer than a
+/// unix socket address takes is bound through its directory's descriptor.
 pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let (addr, _dir) = reachable(path)?;
     if path.exists() {
         // A live daemon answers; a stale socket from a crash does not and is replaced.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(&addr).is_ok() {
             anyhow::bail!("another daemon is already serving {}", path.display());
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener = UnixListener::bind(&addr).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }

@@ -466,6 +466,20 @@ fn spawn_worker(exe: &std::path::Path, args: &[OsString]) -> Result<(Worker, Own
     Ok((Worker::Child(child), ours))
 }
 
+/// Becomes the supervisor of this same command line, unless this process is already the worker
+/// a supervisor started (it finds the socket in its environment): then returns, and the caller
+/// serves. The supervisor never returns: it exits with the worker's final code. `keep` filters
+/// the arguments the worker gets.
+pub fn supervise_unless_worker(keep: impl Fn(&std::ffi::OsStr) -> bool) -> Result<()> {
+    if std::env::var_os(SUPERVISOR_FD_ENV).is_some() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let args: Vec<OsString> = std::env::args_os().skip(1).filter(|a| keep(a)).collect();
+    let code = run(&exe, &args)?;
+    std::process::exit(code);
+}
+
 /// Runs `exe args…` as the daemon child, holding the fds it parks, restarting it when it dies
 /// abnormally. Returns the exit code to use. SIGTERM/SIGINT are forwarded to the child; once the
 /// child exits cleanly the held fds are closed and the supervisor exits too. Started by a

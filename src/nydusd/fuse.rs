@@ -167,6 +167,9 @@ impl FuseDaemon {
     async fn mount(&self, mountpoint: PathBuf, relative: Option<String>, bootstrap: &Path, config: &NydusdConfig) -> Result<()> {
         let _op = self.ops.lock().await;
         let image = config.load(&self.daemon.images, bootstrap)?;
+        // A missing or short blob fails the mount, naming it (the snapshotter then fails the
+        // container's start), rather than the container's first read.
+        image.check_sources().await.with_context(|| format!("image {}", bootstrap.display()))?;
         std::fs::create_dir_all(&mountpoint).with_context(|| format!("creating mountpoint {}", mountpoint.display()))?;
         let req = MountRequest {
             image: bootstrap.to_path_buf(),
@@ -285,6 +288,8 @@ pub fn run(opts: Fuse) -> Result<()> {
     let _cache_lock = crate::cache::open_for_daemon(&cache_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("nydusd").build()?;
     rt.block_on(async move {
+        // First: a socket we cannot bind is a failed start, before anything is parked.
+        let (listener, adopted) = api_listener(&opts.apisock)?;
         let filler = crate::daemon::make_filler(&config);
         let saved: Vec<MountRecord> = persist::load(&persist::mounts_path(&cache_dir)).unwrap_or_else(|e| {
             warn!("{e:#}; mounts left by a previous worker are re-adopted without their backends");
@@ -327,8 +332,11 @@ pub fn run(opts: Fuse) -> Result<()> {
             std::fs::create_dir_all(&fd.opts.mountpoint).with_context(|| format!("creating {}", fd.opts.mountpoint.display()))?;
         }
         fd.state.set(State::Running);
-
-        let (listener, adopted) = api_listener(&fd.opts.apisock)?;
+        // Parked only now: a worker that failed before this point failed to start (the
+        // supervisor does not restart it in a loop over a bad socket path).
+        if let Err(e) = crate::daemon::supervisor::fd_store().lock().expect("fd store").store(LISTENER_FD_NAME, std::os::fd::AsFd::as_fd(&listener)) {
+            warn!("parking the api listener: {e}");
+        }
         info!(
             "nydusd (erofsd {}) fuse mode served by kernel EROFS through fanotify; {} on {}; cache {}",
             env!("CARGO_PKG_VERSION"),
@@ -347,19 +355,30 @@ pub fn run(opts: Fuse) -> Result<()> {
         api.abort();
         // nydusd unmounts on SIGTERM: the snapshotter stops a daemon when its image goes.
         fd.daemon.frontend.shutdown().await;
-        let _ = persist::save::<MountRecord>(&persist::mounts_path(&fd.daemon.config.cache_dir), &[]);
+        let left: Vec<MountRecord> = fd.records().into_iter().filter(|r| fanotify::sysmount::is_erofs_mount(&r.mountpoint)).collect();
+        let _ = persist::save(&persist::mounts_path(&fd.daemon.config.cache_dir), &left);
         for r in fd.records() {
             if r.relative.is_some() {
                 let _ = std::fs::remove_dir(&r.mountpoint);
             }
         }
         let _ = std::fs::remove_file(&fd.opts.apisock);
+        // A dedicated daemon is stopped when its image goes: its cache directory goes with it
+        // (the snapshotter's cache GC only knows its own file names), unless a mount had to be
+        // left detached and its readers may still need the cache files.
+        if fd.opts.bootstrap.is_some() && left.is_empty() {
+            let dir = &fd.daemon.config.cache_dir;
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => info!("removed this daemon's cache {}", dir.display()),
+                Err(e) => warn!("removing this daemon's cache {}: {e}", dir.display()),
+            }
+        }
         Ok(())
     })
 }
 
 /// The API listener: the one a killed predecessor parked (with the connections it had open),
-/// else a new one, parked in turn.
+/// else a new one (parked once the worker is RUNNING).
 fn api_listener(path: &Path) -> Result<(tokio::net::UnixListener, Vec<(String, std::os::fd::OwnedFd)>)> {
     let mut store = crate::daemon::supervisor::fd_store().lock().expect("fd store");
     let adopted = store.take_prefixed(crate::daemon::api::PARKED_CONN_PREFIX);
@@ -373,11 +392,7 @@ fn api_listener(path: &Path) -> Result<(tokio::net::UnixListener, Vec<(String, s
         warn!("api: {} is gone: binding a new socket", path.display());
     }
     drop(store);
-    let listener = crate::daemon::api::bind(path)?;
-    if let Err(e) = crate::daemon::supervisor::fd_store().lock().expect("fd store").store(LISTENER_FD_NAME, std::os::fd::AsFd::as_fd(&listener)) {
-        warn!("parking the api listener: {e}");
-    }
-    Ok((listener, adopted))
+    Ok((crate::daemon::api::bind(path)?, adopted))
 }
 
 #[cfg(test)]

@@ -1,13 +1,17 @@
-//! erofsd as a drop-in `nydusd` for nydus-snapshotter with `fs_driver = "fscache"`.
+//! erofsd as a drop-in `nydusd` for nydus-snapshotter, in both of its kernel-facing drivers.
 //!
-//! `erofsd` run through a link named `nydusd` takes nydusd's command line ([`cli`]) and serves
-//! the part of nydusd's HTTP API the snapshotter uses ([`api`]): the snapshotter asks us to
-//! *bind* an image (`PUT /api/v2/blobs`: bootstrap + its blobs under an fsid and domain) and
-//! then mounts `-t erofs -o fsid=…,domain_id=…` by itself; we answer the kernel's cachefiles
-//! requests for it through the cachefiles front-end ([`crate::frontend::cachefiles`]). The
-//! daemon states are in [`state`], failover over the snapshotter's supervisor socket in
-//! [`failover`]. The contract we follow: ../shared/notes/nydus-compat.md Part B; users'
-//! guide and deviations: docs/nydus.md.
+//! `erofsd` run through a link named `nydusd` takes nydusd's command line ([`cli`]) and serves the
+//! part of nydusd's HTTP API the snapshotter uses ([`api`]):
+//! * `fs_driver = "fscache"` (`nydusd singleton`, this module): the snapshotter asks us to
+//!   *bind* an image (`PUT /api/v2/blobs`: bootstrap + its blobs under an fsid and domain) and
+//!   then mounts `-t erofs -o fsid=…,domain_id=…` by itself; we answer the kernel's cachefiles
+//!   requests for it through the cachefiles front-end ([`crate::frontend::cachefiles`]). The
+//!   daemon states are in [`state`], failover over the snapshotter's supervisor socket in
+//!   [`failover`], the bind list a successor needs in [`persist`].
+//! * `fs_driver = "fusedev"` (`nydusd fuse`, [`fuse`]): we mount kernel EROFS where the
+//!   snapshotter expects a FUSE mount, served through the fanotify front-end.
+//!
+//! Users' guide, the contract and the deviations from nydusd: docs/nydus.md.
 
 pub mod api;
 pub mod backend;
@@ -503,12 +507,7 @@ pub fn main() -> ExitCode {
 /// Fuse mode runs supervised, like `erofsd daemon`: the process the snapshotter starts holds
 /// the kernel channels and the API connections, its child serves ([`fuse`]).
 fn run_fuse(opts: cli::Fuse) -> Result<()> {
-    if std::env::var_os(crate::daemon::supervisor::SUPERVISOR_FD_ENV).is_none() {
-        let exe = std::env::current_exe()?;
-        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        let code = crate::daemon::supervisor::run(&exe, &args)?;
-        std::process::exit(code);
-    }
+    crate::daemon::supervisor::supervise_unless_worker(|_| true)?;
     fuse::run(opts)
 }
 

@@ -9,6 +9,7 @@ pub mod data;
 pub mod devtable;
 pub mod env;
 pub mod fixtures;
+pub mod http;
 pub mod mount;
 pub mod registry;
 pub mod shapes;
