@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -115,7 +114,7 @@ impl Stack {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         // The snapshotter runs `nydusd`: a link named so, to the erofsd binary under test.
-        symlink(cli::erofsd_bin(), root.join("bin/nydusd")).unwrap();
+        super::http::nydusd_link(&root.join("bin"));
         let registry = Registry::start_with_access_log();
         let front = opts.front.then(|| {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
