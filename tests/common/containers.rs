@@ -49,7 +49,7 @@ pub fn go_bin(name: &str) -> PathBuf {
 pub fn require_stack(test: &str) -> bool {
     env::require(env::is_root(), test, "root (containerd, mounts)")
         && env::require(env::kernel_has_fs("overlay"), test, "a kernel with overlayfs")
-        && env::require_tools(test, &["containerd", "containerd-shim-runc-v2", "runc", super::registry::REGISTRY_BIN, "skopeo", "umoci"])
+        && env::require_tools(test, &["containerd", "ctr", "containerd-shim-runc-v2", "runc", super::registry::REGISTRY_BIN, "skopeo", "umoci"])
         && ["containerd-nydus-grpc", "nerdctl"].iter().all(|b| {
             env::require(go_bin(b).is_file(), test, &format!("{} (scripts/container-deps.sh builds it)", go_bin(b).display()))
         })
