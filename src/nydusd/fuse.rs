@@ -170,7 +170,16 @@ impl FuseDaemon {
         // A missing or short blob fails the mount, naming it (the snapshotter then fails the
         // container's start), rather than the container's first read.
         image.check_sources().await.with_context(|| format!("image {}", bootstrap.display()))?;
+        let created = !mountpoint.exists();
         std::fs::create_dir_all(&mountpoint).with_context(|| format!("creating mountpoint {}", mountpoint.display()))?;
+        let key = crate::frontend::mount_key(&mountpoint);
+        if self.records.lock().expect("records").contains_key(&key) {
+            bail!("{} is already served by this daemon", key.display());
+        }
+        // Recorded before the kernel mount: a worker killed in between leaves a record without
+        // a mount (dropped at restart), never a mount its successor cannot load the blobs of.
+        let rec = MountRecord { mountpoint: key.clone(), relative, bootstrap: bootstrap.into(), image_id: image.id.clone(), backend: config.backend.clone() };
+        self.records.lock().expect("records").insert(key.clone(), rec);
         let req = MountRequest {
             image: bootstrap.to_path_buf(),
             reference: None,
@@ -180,19 +189,24 @@ impl FuseDaemon {
             prefetch: Some(config.prefetch),
             prefetch_bandwidth: Some(config.prefetch_bandwidth),
         };
-        let info = self.daemon.mount_image(image.clone(), req).await?;
-        let rec = MountRecord { mountpoint: info.mountpoint.clone(), relative, bootstrap: bootstrap.into(), image_id: image.id.clone(), backend: config.backend.clone() };
-        self.records.lock().expect("records").insert(info.mountpoint.clone(), rec);
-        if let Err(e) = self.persist() {
-            // A mount a restarted worker could not re-adopt with its source is refused now.
-            self.records.lock().expect("records").remove(&info.mountpoint);
-            let _ = self.daemon.umount(&info.mountpoint).await;
-            return Err(e.context("saving the mount list"));
+        let mounted = match self.persist().context("saving the mount list") {
+            Ok(()) => self.daemon.mount_image(image.clone(), req).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = mounted {
+            self.records.lock().expect("records").remove(&key);
+            if let Err(e) = self.persist() {
+                warn!("saving the mount list: {e:#}");
+            }
+            if created {
+                let _ = std::fs::remove_dir(&mountpoint);
+            }
+            return Err(e);
         }
         info!(
             "mounted {} at {} (kernel EROFS, fanotify; {} blob(s) from {})",
             bootstrap.display(),
-            info.mountpoint.display(),
+            key.display(),
             image.blobs.len(),
             image.blobs.first().map(|b| b.source.describe()).unwrap_or_else(|| "nowhere (no blobs)".into())
         );
