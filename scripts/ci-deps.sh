@@ -48,3 +48,6 @@ fi
 for fs in erofs overlay; do
     grep -qw "$fs" /proc/filesystems || modprobe "$fs" 2>/dev/null || echo "ci-deps: warning: kernel lacks $fs" >&2
 done
+
+# The container stack (containerd, runc, nydus-snapshotter, nerdctl, ...), pinned in versions.env.
+"$(dirname "$0")/container-deps.sh"

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod compare;
+pub mod containers;
 pub mod data;
 pub mod devtable;
 pub mod env;

@@ -78,13 +78,24 @@ pub fn write_htpasswd(path: &Path, user: &str, pass: &str) {
 impl Registry {
     /// Starts a registry; `auth_yaml` is an optional top-level `auth:` block (already indented).
     pub fn start(auth_yaml: &str, tls: Option<&Tls>) -> Registry {
+        Self::start_opts(auth_yaml, tls, false)
+    }
+
+    /// A plain-HTTP registry without auth that also writes an access log line per request
+    /// (combined log format, with the bytes of each answer) for [`Registry::blob_bytes_served`].
+    pub fn start_with_access_log() -> Registry {
+        Self::start_opts("", None, true)
+    }
+
+    fn start_opts(auth_yaml: &str, tls: Option<&Tls>, access_log: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let tls_yaml = tls
             .map(|t| format!("  tls:\n    certificate: {}\n    key: {}\n", t.cert_pem.display(), t.key_pem.display()))
             .unwrap_or_default();
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: erofsd-test-secret\n{tls_yaml}{auth_yaml}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: erofsd-test-secret\n{tls_yaml}{auth_yaml}",
+            !access_log,
             dir.path().join("storage").display()
         );
         let cfg_path = dir.path().join("config.yml");
@@ -115,6 +126,11 @@ impl Registry {
         let _ = self.child.wait();
     }
 
+    /// The registry process's pid (to signal it while the registry is shared).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts the registry again on the same port with the same storage.
     pub fn revive(&mut self) {
         self.child = Self::spawn(&self._dir.path().join("config.yml"), &self.log);
@@ -134,6 +150,26 @@ impl Registry {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The body bytes of each successful GET of blob `sha256:<hex>` (any repository), in
+    /// order, from the access log (needs [`Registry::start_with_access_log`]).
+    pub fn blob_gets(&self, hex: &str) -> Vec<u64> {
+        let needle = format!("/blobs/sha256:{hex} ");
+        let mut out = Vec::new();
+        for l in self.log_text().lines() {
+            // 127.0.0.1 - - [date] "GET /v2/REPO/blobs/sha256:HEX HTTP/1.1" 206 1234 "" "agent"
+            let Some((req, rest)) = l.split_once("\"GET ").and_then(|(_, r)| r.split_once('"')) else { continue };
+            if !format!("{req} ").contains(&needle) {
+                continue;
+            }
+            let mut f = rest.split_whitespace();
+            let (status, n) = (f.next().unwrap_or(""), f.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0));
+            if status.starts_with('2') {
+                out.push(n);
+            }
+        }
+        out
     }
 
     pub fn host_port(&self) -> String {
