@@ -122,18 +122,23 @@ async fn handle(daemon: Arc<NydusDaemon>, req: Request<Incoming>) -> Result<Resp
             Ok(()) => no_content(),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("takeover: {e:#}")),
         },
-        (&Method::PUT, "/api/v1/daemon/start") => match daemon.state.transition(&[State::Ready, State::Running], State::Running) {
-            Ok(()) => no_content(),
-            Err(s) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("start: daemon is {} (takeover first)", s.name())),
-        },
-        (&Method::PUT, "/api/v1/daemon/exit") => {
-            daemon.state.set(State::Stopped);
-            daemon.exit.notify_one();
-            no_content()
-        }
+        (&Method::PUT, p @ ("/api/v1/daemon/start" | "/api/v1/daemon/exit")) => start_or_exit(&daemon.state, &daemon.exit, p),
         (m, p) => error(StatusCode::NOT_FOUND, format!("NotFound: no endpoint {m} {p}")),
     };
     Ok(resp)
+}
+
+/// `PUT /api/v1/daemon/start` (READY → RUNNING) and `PUT /api/v1/daemon/exit`, in both modes.
+fn start_or_exit(state: &super::state::StateCell, exit: &tokio::sync::Notify, path: &str) -> Resp {
+    if path.ends_with("/exit") {
+        state.set(State::Stopped);
+        exit.notify_one();
+        return no_content();
+    }
+    match state.transition(&[State::Ready, State::Running], State::Running) {
+        Ok(()) => no_content(),
+        Err(s) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("start: daemon is {} (takeover first)", s.name())),
+    }
 }
 
 /// `PUT /api/v1/config?id=/X`: `registry_auth` renews the credentials of X's binds (nydusd's
@@ -162,10 +167,10 @@ async fn config_update(daemon: &NydusDaemon, id: &str, v: &serde_json::Value) ->
 
 fn daemon_info(daemon: &NydusDaemon) -> serde_json::Value {
     serde_json::json!({
-        "id": daemon.opts.id.clone().unwrap_or_default(),
+        "id": daemon.opts.common.id.clone().unwrap_or_default(),
         "version": super::version_info(),
         "state": daemon.state.get().name(),
-        "supervisor": daemon.opts.supervisor,
+        "supervisor": daemon.opts.common.supervisor,
         "backend_collection": {},
         "erofsd_mode": if daemon.api_only { "api-only" } else { "cachefiles" },
     })
@@ -258,7 +263,7 @@ fn fs_metrics(daemon: &NydusDaemon) -> serde_json::Value {
         "files_account_enabled": false,
         "access_pattern_enabled": false,
         "measure_latency": false,
-        "id": daemon.opts.id.clone().unwrap_or_default(),
+        "id": daemon.opts.common.id.clone().unwrap_or_default(),
         "data_read": 0,
         "erofsd_binds": daemon.binds().len(),
         "erofsd_frontend": fe,
@@ -296,10 +301,10 @@ pub async fn handle_fuse(daemon: Arc<super::fuse::FuseDaemon>, req: Request<Inco
         (&Method::GET, "/api/v1/daemon") => json(
             StatusCode::OK,
             &serde_json::json!({
-                "id": daemon.opts.id.clone().unwrap_or_default(),
+                "id": daemon.opts.common.id.clone().unwrap_or_default(),
                 "version": super::version_info(),
                 "state": daemon.state.get().name(),
-                "supervisor": daemon.opts.supervisor,
+                "supervisor": daemon.opts.common.supervisor,
                 "backend_collection": {},
                 "erofsd_mode": "fanotify",
                 "erofsd_cache_dir": daemon.daemon.config.cache_dir,
@@ -368,15 +373,7 @@ pub async fn handle_fuse(daemon: Arc<super::fuse::FuseDaemon>, req: Request<Inco
             StatusCode::INTERNAL_SERVER_ERROR,
             "takeover: hot upgrade is not supported in fuse mode (erofsd's own supervisor restarts a killed worker in place)",
         ),
-        (&Method::PUT, "/api/v1/daemon/start") => match daemon.state.transition(&[State::Ready, State::Running], State::Running) {
-            Ok(()) => no_content(),
-            Err(s) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("start: daemon is {}", s.name())),
-        },
-        (&Method::PUT, "/api/v1/daemon/exit") => {
-            daemon.state.set(State::Stopped);
-            daemon.exit.notify_one();
-            no_content()
-        }
+        (&Method::PUT, p @ ("/api/v1/daemon/start" | "/api/v1/daemon/exit")) => start_or_exit(&daemon.state, &daemon.exit, p),
         (m, p) => error(StatusCode::NOT_FOUND, format!("NotFound: no endpoint {m} {p}")),
     };
     Ok(resp)

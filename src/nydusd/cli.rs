@@ -8,13 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-/// `nydusd singleton …`.
+/// The flags both modes take.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Singleton {
-    /// `--fscache DIR`: the cache directory (erofsd binds cachefiles to `DIR/cachefiles`).
-    pub fscache: PathBuf,
-    pub fscache_tag: Option<String>,
-    pub fscache_threads: Option<usize>,
+pub struct Common {
     pub apisock: PathBuf,
     pub log_level: Option<String>,
     pub log_file: Option<PathBuf>,
@@ -25,6 +21,32 @@ pub struct Singleton {
     pub upgrade: bool,
     /// Flags we accepted without knowing them (logged once the log is set up).
     pub ignored: Vec<String>,
+}
+
+impl Common {
+    /// Takes a flag both modes know; false if it is not one.
+    fn take(&mut self, flag: &str, value: &str) -> Result<bool> {
+        match flag {
+            "--apisock" | "-A" => self.apisock = PathBuf::from(value),
+            "--log-level" | "-l" => self.log_level = Some(value.into()),
+            "--log-file" | "-L" => self.log_file = Some(PathBuf::from(value)),
+            "--log-rotation-size" => self.log_rotation_size = Some(parse_num(flag, value)?),
+            "--supervisor" => self.supervisor = Some(PathBuf::from(value)),
+            "--id" => self.id = Some(value.into()),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// `nydusd singleton …`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Singleton {
+    /// `--fscache DIR`: the cache directory (erofsd binds cachefiles to `DIR/cachefiles`).
+    pub fscache: PathBuf,
+    pub fscache_tag: Option<String>,
+    pub fscache_threads: Option<usize>,
+    pub common: Common,
 }
 
 /// `nydusd fuse …` (nydus-snapshotter's default `fs_driver = "fusedev"`), served by a kernel
@@ -44,13 +66,7 @@ pub struct Fuse {
     /// image's own prefetch list (docs/nydus.md).
     pub prefetch_files: Option<String>,
     pub failover_policy: Option<String>,
-    pub log_level: Option<String>,
-    pub log_file: Option<PathBuf>,
-    pub log_rotation_size: Option<u64>,
-    pub supervisor: Option<PathBuf>,
-    pub id: Option<String>,
-    pub upgrade: bool,
-    pub ignored: Vec<String>,
+    pub common: Common,
 }
 
 // Parsed once per process: the size of the variants costs nothing worth a Box.
@@ -140,38 +156,41 @@ pub fn parse(args: &[String]) -> Result<Invocation> {
 
 fn parse_singleton(it: impl Iterator<Item = String>) -> Result<Invocation> {
     let mut s = Singleton::default();
-    let (mut fscache, mut apisock) = (None, None);
-    for (flag, value) in flags(it, &[COMMON, SINGLETON_ONLY], &mut s.ignored)? {
+    let mut fscache = None;
+    let mut ignored = Vec::new();
+    for (flag, value) in flags(it, &[COMMON, SINGLETON_ONLY], &mut ignored)? {
         let Some(value) = value else {
-            s.upgrade = true;
+            s.common.upgrade = true;
             continue;
         };
+        if s.common.take(&flag, &value)? {
+            continue;
+        }
         match flag.as_str() {
             "--fscache" => fscache = Some(PathBuf::from(value)),
             "--fscache-tag" => s.fscache_tag = Some(value),
             "--fscache-threads" => s.fscache_threads = Some(parse_num(&flag, &value)? as usize),
-            "--apisock" | "-A" => apisock = Some(PathBuf::from(value)),
-            "--log-level" | "-l" => s.log_level = Some(value),
-            "--log-file" | "-L" => s.log_file = Some(PathBuf::from(value)),
-            "--log-rotation-size" => s.log_rotation_size = Some(parse_num(&flag, &value)?),
-            "--supervisor" => s.supervisor = Some(PathBuf::from(value)),
-            "--id" => s.id = Some(value),
-            _ => s.ignored.push(format!("{flag} {value}")),
+            _ => ignored.push(format!("{flag} {value}")),
         }
     }
+    s.common.ignored = ignored;
     s.fscache = fscache.ok_or_else(|| anyhow::anyhow!("--fscache DIR is required in singleton mode"))?;
-    s.apisock = apisock.ok_or_else(|| anyhow::anyhow!("--apisock SOCK is required"))?;
+    require_apisock(&s.common)?;
     Ok(Invocation::Singleton(s))
 }
 
 fn parse_fuse(it: impl Iterator<Item = String>) -> Result<Invocation> {
     let mut f = Fuse::default();
-    let (mut mountpoint, mut apisock) = (None, None);
-    for (flag, value) in flags(it, &[COMMON, FUSE_ONLY], &mut f.ignored)? {
+    let mut mountpoint = None;
+    let mut ignored = Vec::new();
+    for (flag, value) in flags(it, &[COMMON, FUSE_ONLY], &mut ignored)? {
         let Some(value) = value else {
-            f.upgrade = true;
+            f.common.upgrade = true;
             continue;
         };
+        if f.common.take(&flag, &value)? {
+            continue;
+        }
         match flag.as_str() {
             "--mountpoint" | "-M" => mountpoint = Some(PathBuf::from(value)),
             "--config" | "-C" => f.config = Some(PathBuf::from(value)),
@@ -179,21 +198,23 @@ fn parse_fuse(it: impl Iterator<Item = String>) -> Result<Invocation> {
             "--thread-num" => f.thread_num = Some(parse_num(&flag, &value)? as usize),
             "--prefetch-files" => f.prefetch_files = Some(value),
             "--failover-policy" => f.failover_policy = Some(value),
-            "--apisock" | "-A" => apisock = Some(PathBuf::from(value)),
-            "--log-level" | "-l" => f.log_level = Some(value),
-            "--log-file" | "-L" => f.log_file = Some(PathBuf::from(value)),
-            "--log-rotation-size" => f.log_rotation_size = Some(parse_num(&flag, &value)?),
-            "--supervisor" => f.supervisor = Some(PathBuf::from(value)),
-            "--id" => f.id = Some(value),
-            _ => f.ignored.push(format!("{flag} {value}")),
+            _ => ignored.push(format!("{flag} {value}")),
         }
     }
+    f.common.ignored = ignored;
     f.mountpoint = mountpoint.ok_or_else(|| anyhow::anyhow!("--mountpoint M is required in fuse mode"))?;
-    f.apisock = apisock.ok_or_else(|| anyhow::anyhow!("--apisock SOCK is required"))?;
+    require_apisock(&f.common)?;
     if f.bootstrap.is_some() && f.config.is_none() {
         bail!("--bootstrap needs --config (the nydusd JSON config naming the blob backend)");
     }
     Ok(Invocation::Fuse(f))
+}
+
+fn require_apisock(c: &Common) -> Result<()> {
+    if c.apisock.as_os_str().is_empty() {
+        bail!("--apisock SOCK is required");
+    }
+    Ok(())
 }
 
 fn parse_num(flag: &str, v: &str) -> Result<u64> {
@@ -244,14 +265,14 @@ mod tests {
         let Invocation::Singleton(s) = inv else { panic!("not singleton") };
         assert_eq!(s.fscache, PathBuf::from("/r/cache"));
         assert_eq!(s.fscache_threads, Some(4));
-        assert!(s.upgrade);
-        assert_eq!(s.id.as_deref(), Some("d35"));
-        assert_eq!(s.apisock, PathBuf::from("/r/socket/d35/api.sock"));
-        assert_eq!(s.log_level.as_deref(), Some("info"));
-        assert_eq!(s.log_rotation_size, Some(100));
-        assert_eq!(s.supervisor, Some(PathBuf::from("/r/supervisor/d35.sock")));
-        assert_eq!(s.log_file, Some(PathBuf::from("/r/logs/d35/nydusd.log")));
-        assert!(s.ignored.is_empty());
+        assert!(s.common.upgrade);
+        assert_eq!(s.common.id.as_deref(), Some("d35"));
+        assert_eq!(s.common.apisock, PathBuf::from("/r/socket/d35/api.sock"));
+        assert_eq!(s.common.log_level.as_deref(), Some("info"));
+        assert_eq!(s.common.log_rotation_size, Some(100));
+        assert_eq!(s.common.supervisor, Some(PathBuf::from("/r/supervisor/d35.sock")));
+        assert_eq!(s.common.log_file, Some(PathBuf::from("/r/logs/d35/nydusd.log")));
+        assert!(s.common.ignored.is_empty());
     }
 
     #[test]
@@ -262,7 +283,7 @@ mod tests {
             panic!()
         };
         assert_eq!(s.fscache, PathBuf::from("/c"));
-        assert_eq!(s.ignored, vec!["--frob", "--thread-num 4", "--new-flag x"]);
+        assert_eq!(s.common.ignored, vec!["--frob", "--thread-num 4", "--new-flag x"]);
         assert!(parse(&args("singleton --apisock /a")).unwrap_err().to_string().contains("--fscache"));
         assert!(parse(&args("singleton --fscache /c")).unwrap_err().to_string().contains("--apisock"));
         assert!(parse(&args("fuse --fscache /c --apisock /a")).is_err());
@@ -288,23 +309,23 @@ mod tests {
         assert_eq!(f.thread_num, Some(4));
         assert_eq!(f.config, Some(PathBuf::from("/r/config/d1/config.json")));
         assert_eq!(f.bootstrap, Some(PathBuf::from("/r/snapshots/9/fs/image/image.boot")));
-        assert_eq!(f.supervisor, Some(PathBuf::from("/r/supervisor/d1.sock")));
-        assert_eq!(f.id.as_deref(), Some("d1"));
+        assert_eq!(f.common.supervisor, Some(PathBuf::from("/r/supervisor/d1.sock")));
+        assert_eq!(f.common.id.as_deref(), Some("d1"));
         assert_eq!(f.prefetch_files.as_deref(), Some("/usr/bin/python3"));
         assert_eq!(f.failover_policy.as_deref(), Some("resend"));
-        assert_eq!(f.apisock, PathBuf::from("/r/socket/d1/api.sock"));
-        assert!(!f.upgrade && f.ignored.is_empty());
+        assert_eq!(f.common.apisock, PathBuf::from("/r/socket/d1/api.sock"));
+        assert!(!f.common.upgrade && f.common.ignored.is_empty());
         // Shared: no config, no bootstrap.
         let Invocation::Fuse(f) = parse(&args("fuse --mountpoint /r/mnt --apisock /r/socket/s/api.sock --upgrade --backend-source x")).unwrap()
         else {
             panic!("not fuse")
         };
-        assert!(f.bootstrap.is_none() && f.config.is_none() && f.upgrade);
-        assert_eq!(f.ignored, vec!["--backend-source x"]);
+        assert!(f.bootstrap.is_none() && f.config.is_none() && f.common.upgrade);
+        assert_eq!(f.common.ignored, vec!["--backend-source x"]);
         assert!(parse(&args("fuse --apisock /a")).unwrap_err().to_string().contains("--mountpoint"));
         assert!(parse(&args("fuse --mountpoint /m --apisock /a --bootstrap /b")).unwrap_err().to_string().contains("--config"));
         // A singleton-only flag in fuse mode is an unknown one (ignored), not an error.
         let Invocation::Fuse(f) = parse(&args("fuse --mountpoint /m --apisock /a --fscache /c")).unwrap() else { panic!() };
-        assert_eq!(f.ignored, vec!["--fscache /c"]);
+        assert_eq!(f.common.ignored, vec!["--fscache /c"]);
     }
 }

@@ -121,14 +121,14 @@ pub fn cache_dir(opts: &Fuse, config: Option<&NydusdConfig>) -> PathBuf {
     let work = config.and_then(|c| c.work_dir.clone()).unwrap_or_else(|| {
         match (opts.mountpoint.file_name().and_then(|n| n.to_str()), opts.mountpoint.parent()) {
             (Some("mnt"), Some(root)) if opts.bootstrap.is_none() => root.join("cache"),
-            _ => opts.apisock.parent().unwrap_or(Path::new("/")).join("cache"),
+            _ => opts.common.apisock.parent().unwrap_or(Path::new("/")).join("cache"),
         }
     });
-    let id = match &opts.id {
+    let id = match &opts.common.id {
         Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => id.clone(),
         _ => {
             use sha2::{Digest, Sha256};
-            hex::encode(&Sha256::digest(opts.apisock.as_os_str().as_encoded_bytes())[..8])
+            hex::encode(&Sha256::digest(opts.common.apisock.as_os_str().as_encoded_bytes())[..8])
         }
     };
     work.join("erofsd").join(id)
@@ -268,7 +268,7 @@ impl FuseDaemon {
     /// snapshotter's supervisor. Our own supervisor holds the group too; this second holder
     /// keeps it open (readers wait, never see zeros) even if both of our processes die.
     pub async fn sendfd(&self) -> Result<()> {
-        let Some(sup) = self.opts.supervisor.clone() else { bail!("no --supervisor socket was given") };
+        let Some(sup) = self.opts.common.supervisor.clone() else { bail!("no --supervisor socket was given") };
         let state = self.failover_state();
         let fe = self.fanotify.clone();
         tokio::task::spawn_blocking(move || super::failover::send(&sup, &state, fe.group_fd())).await?
@@ -291,10 +291,10 @@ fn detach_stale(mountpoint: &Path) -> Result<()> {
 /// The worker: starts the fanotify front-end (re-adopting the mounts a killed predecessor left),
 /// mounts the dedicated image, serves the nydusd API until SIGTERM or `exit`.
 pub fn run(opts: Fuse) -> Result<()> {
-    for f in &opts.ignored {
+    for f in &opts.common.ignored {
         warn!("nydusd flag ignored: {f}");
     }
-    if opts.upgrade {
+    if opts.common.upgrade {
         bail!("--upgrade (hot upgrade by takeover) is not supported in fuse mode yet: the running daemon keeps serving; restart it instead (docs/nydus.md)");
     }
     let nydusd_config = match &opts.config {
@@ -305,7 +305,7 @@ pub fn run(opts: Fuse) -> Result<()> {
     let mut config = Config {
         frontend: crate::frontend::FrontendKind::Fanotify,
         cache_dir: cache_dir.clone(),
-        api_socket: opts.apisock.clone(),
+        api_socket: opts.common.apisock.clone(),
         ..Config::default()
     };
     if let Some(c) = &nydusd_config {
@@ -317,7 +317,7 @@ pub fn run(opts: Fuse) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("nydusd").build()?;
     rt.block_on(async move {
         // First: a socket we cannot bind is a failed start, before anything is parked.
-        let (listener, adopted) = api_listener(&opts.apisock)?;
+        let (listener, adopted) = api_listener(&opts.common.apisock)?;
         let filler = crate::daemon::make_filler(&config);
         let saved: Vec<MountRecord> = persist::load(&persist::mounts_path(&cache_dir)).unwrap_or_else(|e| {
             warn!("{e:#}; mounts left by a previous worker are re-adopted without their backends");
@@ -369,7 +369,7 @@ pub fn run(opts: Fuse) -> Result<()> {
             "nydusd (erofsd {}) fuse mode served by kernel EROFS through fanotify; {} on {}; cache {}",
             env!("CARGO_PKG_VERSION"),
             fd.state.get().name(),
-            fd.opts.apisock.display(),
+            fd.opts.common.apisock.display(),
             fd.daemon.config.cache_dir.display()
         );
         let api = tokio::spawn(crate::daemon::api::serve_http_with(listener, adopted, true, fd.clone(), super::api::handle_fuse));
@@ -390,7 +390,7 @@ pub fn run(opts: Fuse) -> Result<()> {
                 let _ = std::fs::remove_dir(&r.mountpoint);
             }
         }
-        let _ = std::fs::remove_file(&fd.opts.apisock);
+        let _ = std::fs::remove_file(&fd.opts.common.apisock);
         // A dedicated daemon is stopped when its image goes: its cache directory goes with it
         // (the snapshotter's cache GC only knows its own file names), unless a mount had to be
         // left detached and its readers may still need the cache files.
@@ -457,8 +457,7 @@ mod tests {
         let opts = |mp: &str, boot: bool, id: Option<&str>, sock: &str| Fuse {
             mountpoint: mp.into(),
             bootstrap: boot.then(|| PathBuf::from("/s/image.boot")),
-            apisock: sock.into(),
-            id: id.map(String::from),
+            common: super::super::cli::Common { apisock: sock.into(), id: id.map(String::from), ..Default::default() },
             ..Fuse::default()
         };
         let cfg = NydusdConfig { work_dir: Some("/r/cache".into()), ..Default::default() };

@@ -373,7 +373,7 @@ impl NydusDaemon {
 
     /// `PUT /api/v1/daemon/fuse/sendfd`.
     pub async fn sendfd(&self) -> Result<()> {
-        let Some(sup) = self.opts.supervisor.clone() else { bail!("no --supervisor socket was given") };
+        let Some(sup) = self.opts.common.supervisor.clone() else { bail!("no --supervisor socket was given") };
         let state = self.failover_state();
         let fe = self.frontend();
         tokio::task::spawn_blocking(move || -> Result<()> {
@@ -395,7 +395,7 @@ impl NydusDaemon {
         if self.state.get() != State::Init {
             bail!("takeover in state {}: only a daemon started for failover/upgrade (INIT) takes over", self.state.get().name());
         }
-        let Some(sup) = self.opts.supervisor.clone() else { bail!("no --supervisor socket was given") };
+        let Some(sup) = self.opts.common.supervisor.clone() else { bail!("no --supervisor socket was given") };
         let (state, fd) = tokio::task::spawn_blocking(move || failover::receive(&sup)).await??;
         info!("takeover: {} bytes of state and the device fd from the supervisor", state.len());
         // The predecessor's backends (a missing or unreadable list: binds fall back to blobs/
@@ -485,11 +485,11 @@ pub fn main() -> ExitCode {
             print!("{}", cli::HELP);
             return ExitCode::SUCCESS;
         }
-        cli::Invocation::Singleton(s) => match init_log(s.log_level.as_deref(), s.log_file.as_deref()) {
+        cli::Invocation::Singleton(s) => match init_log(s.common.log_level.as_deref(), s.common.log_file.as_deref()) {
             Ok(()) => run(s),
             Err(e) => Err(e),
         },
-        cli::Invocation::Fuse(f) => match init_log(f.log_level.as_deref(), f.log_file.as_deref()) {
+        cli::Invocation::Fuse(f) => match init_log(f.common.log_level.as_deref(), f.common.log_file.as_deref()) {
             Ok(()) => run_fuse(f),
             Err(e) => Err(e),
         },
@@ -531,7 +531,7 @@ fn init_log(level: Option<&str>, file: Option<&Path>) -> Result<()> {
 }
 
 fn run(opts: Singleton) -> Result<()> {
-    for f in &opts.ignored {
+    for f in &opts.common.ignored {
         warn!("nydusd flag ignored: {f}");
     }
     if opts.fscache_tag.is_some() {
@@ -541,21 +541,21 @@ fn run(opts: Singleton) -> Result<()> {
     let config = Config {
         frontend: crate::frontend::FrontendKind::Cachefiles,
         cache_dir: opts.fscache.clone(),
-        api_socket: opts.apisock.clone(),
+        api_socket: opts.common.apisock.clone(),
         ..Config::default()
     };
     // The cache-directory lock; a hot-upgrade successor runs beside its predecessor (which
     // holds the lock until `exit`), so it goes without.
-    let _cache_lock = if api_only || opts.upgrade { None } else { Some(crate::cache::open_for_daemon(&config.cache_dir)?) };
+    let _cache_lock = if api_only || opts.common.upgrade { None } else { Some(crate::cache::open_for_daemon(&config.cache_dir)?) };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("nydusd").build()?;
     rt.block_on(async move {
         let filler = crate::daemon::make_filler(&config);
         let daemon = NydusDaemon::new(opts, config, filler, api_only);
         if api_only {
             warn!("{API_ONLY_ENV}=1: API-ONLY MODE, nothing is bound to /dev/cachefiles; mounts will not be served");
-            daemon.state.set(if daemon.opts.upgrade { State::Init } else { State::Running });
+            daemon.state.set(if daemon.opts.common.upgrade { State::Init } else { State::Running });
             daemon.persist()?;
-        } else if daemon.opts.upgrade {
+        } else if daemon.opts.common.upgrade {
             // Hot upgrade: the old daemon still holds the device; wait for takeover.
             info!("--upgrade: waiting for takeover (INIT)");
             daemon.state.set(State::Init);
@@ -569,7 +569,7 @@ fn run(opts: Singleton) -> Result<()> {
                 }
                 // Failover start: the dead daemon's device is still open (the supervisor holds
                 // it), so the device cannot be bound again; the snapshotter will send takeover.
-                Err(e) if daemon.opts.supervisor.is_some() => {
+                Err(e) if daemon.opts.common.supervisor.is_some() => {
                     warn!("cachefiles: {e:#}; waiting for takeover from the supervisor (INIT)");
                     daemon.state.set(State::Init);
                 }
