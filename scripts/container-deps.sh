@@ -1,8 +1,9 @@
 #!/bin/bash
 # The container stack the container tests and scripts/bench-containers.sh drive: containerd and
 # runc (Debian), nydus-snapshotter's containerd-nydus-grpc and nerdctl (built with the machine's
-# Go from the Go module proxy), docker-registry, skopeo, umoci, ctr-remote (Debian) and toxiproxy
-# (Go). Every version is pinned in scripts/versions.env. Idempotent, no stdin; needs root.
+# Go from the Go module proxy), docker-registry, skopeo, umoci, ctr-remote (Debian), toxiproxy
+# and stargz-snapshotter's containerd-stargz-grpc (Go). Every version is pinned in
+# scripts/versions.env. Idempotent, no stdin; needs root.
 # Prints one line per part: name, version, path. Exits non-zero naming what it could not install.
 set -euo pipefail
 
@@ -90,6 +91,29 @@ go_build nerdctl "$NERDCTL_MODULE" "$NERDCTL_VERSION" "$NERDCTL_MODULE/cmd/nerdc
 go_build toxiproxy-server "$TOXIPROXY_MODULE" "$TOXIPROXY_VERSION" "$TOXIPROXY_MODULE/cmd/server"
 go_build toxiproxy-cli "$TOXIPROXY_MODULE" "$TOXIPROXY_VERSION" "$TOXIPROXY_MODULE/cmd/cli"
 
-# stargz-snapshotter's daemon: its cmd module is not on the Go module proxy and Debian ships
-# ctr-remote only, so there is no pinned containerd-stargz-grpc to install. Say so, loudly.
-echo "container-deps: containerd-stargz-grpc unavailable (not in Debian's stargz-snapshotter, its cmd module is not on the Go module proxy); the benchmark's stargz column cannot run" >&2
+# stargz-snapshotter's daemon: Debian ships ctr-remote only and the proxy does not serve its
+# cmd module, so scripts/stargz-grpc/main.go (a copy of its cmd main over the main module's
+# `service` package) is built in a throwaway module that requires the pinned main module.
+stargz_bin=$bin/containerd-stargz-grpc
+stargz_built() {
+    [[ -x $stargz_bin ]] || return 0
+    go version -m "$stargz_bin" 2>/dev/null |
+        awk -v m="$STARGZ_SNAPSHOTTER_MODULE" '$1 == "dep" && $2 == m { print $3 }'
+}
+if [[ $(stargz_built) != "$STARGZ_SNAPSHOTTER_VERSION" ]] || ! cmp -s "$here/stargz-grpc/main.go" "$bin/.containerd-stargz-grpc.main.go"; then
+    echo "container-deps: building containerd-stargz-grpc over $STARGZ_SNAPSHOTTER_MODULE@$STARGZ_SNAPSHOTTER_VERSION" >&2
+    work=$(mktemp -d /tmp/container-deps-go.XXXXXX)
+    (
+        cd "$work"
+        cp "$here/stargz-grpc/main.go" .
+        go mod init erofsd-stargz-grpc >/dev/null 2>&1
+        go get "$STARGZ_SNAPSHOTTER_MODULE@$STARGZ_SNAPSHOTTER_VERSION" </dev/null >&2
+        go mod tidy </dev/null >&2
+        go build -trimpath -o "$stargz_bin.tmp" . </dev/null >&2
+    ) || { rm -rf "$work" "$stargz_bin.tmp"; die "building containerd-stargz-grpc ($STARGZ_SNAPSHOTTER_MODULE@$STARGZ_SNAPSHOTTER_VERSION) failed"; }
+    rm -rf "$work"
+    mv -f "$stargz_bin.tmp" "$stargz_bin"
+    cp "$here/stargz-grpc/main.go" "$bin/.containerd-stargz-grpc.main.go"
+    [[ $(stargz_built) == "$STARGZ_SNAPSHOTTER_VERSION" ]] || die "$stargz_bin does not report $STARGZ_SNAPSHOTTER_MODULE $STARGZ_SNAPSHOTTER_VERSION"
+fi
+part containerd-stargz-grpc "$STARGZ_SNAPSHOTTER_VERSION" "$stargz_bin"

@@ -14,6 +14,8 @@
 #   rootfs           NAME-KEY/tree + rootfs.tar: debootstrap bookworm minbase + python3
 #   oci              NAME-KEY/{layout,layers/N.tar[.gz],final/rootfs}: see fixtures/oci.sh
 #   badtars          NAME-KEY/*.tar: hostile layer tars, see fixtures/badtars.py
+#   pystack          NAME-KEY/layout (tag app): a >1 GB Python application stack image, see
+#                    fixtures/pystack.sh (scripts/bench-containers.sh only; not in `all`)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -74,6 +76,7 @@ build_oci() {
     "$gen/oci.sh" "$1" "$rootfs/tree"
 }
 build_badtars() { python3 "$gen/badtars.py" "$1"; }
+build_pystack() { need_root pystack; "$gen/pystack.sh" "$1"; }
 
 fixture() {
     case $1 in
@@ -85,11 +88,12 @@ fixture() {
             rootfs=$(fixture rootfs) || exit 1
             ensure oci "$(key "$gen/oci.sh" -- "$(basename "$rootfs")")" build_oci ;;
         badtars) ensure badtars "$(key "$gen/badtars.py")" build_badtars ;;
-        *) log "unknown fixture '$1' (alltypes alltypes-compat rootfs oci badtars all)"; exit 2 ;;
+        pystack) ensure pystack "$(key "$gen/pystack.sh" -- bookworm)" build_pystack ;;
+        *) log "unknown fixture '$1' (alltypes alltypes-compat rootfs oci badtars pystack all)"; exit 2 ;;
     esac
 }
 
-(($#)) || { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+(($#)) || { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 for name in "$@"; do
     if [[ $name == all ]]; then
         for n in alltypes alltypes-compat rootfs oci badtars; do fixture "$n"; done

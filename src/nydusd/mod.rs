@@ -69,9 +69,15 @@ pub fn git_commit() -> &'static str {
             return c.to_string();
         }
         use sha2::{Digest, Sha256};
+        // Streamed: reading the whole executable (~90 MB with debug info) into memory made the
+        // first GET /api/v1/daemon the daemon's peak RSS.
         let exe_hash = std::env::current_exe()
-            .and_then(std::fs::read)
-            .map(|b| hex::encode(&Sha256::digest(&b)[..6]))
+            .and_then(std::fs::File::open)
+            .and_then(|mut f| {
+                let mut h = Sha256::new();
+                std::io::copy(&mut f, &mut h)?;
+                Ok(hex::encode(&h.finalize()[..6]))
+            })
             .unwrap_or_else(|_| "unknown".into());
         format!("erofsd-{}-{exe_hash}", env!("CARGO_PKG_VERSION"))
     })

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -67,14 +68,28 @@ pub struct Options {
     /// Put a [`FaultFront`] before the registry: image references (and so the daemons'
     /// backend) name the front, and [`Stack::front`] injects faults.
     pub front: bool,
+    /// Top-level keys that replace the template's in the nydusd JSON config (e.g. `fs_prefetch`).
+    pub nydusd_config: Option<serde_json::Value>,
+    /// TOML appended to containerd's config (e.g. another proxy snapshotter).
+    pub containerd_toml: String,
+    /// The `nydusd` the snapshotter runs; default: the erofsd binary under test.
+    pub nydusd_bin: Option<PathBuf>,
 }
 
 impl Options {
     pub fn dedicated() -> Options {
-        Options { daemon_mode: "dedicated", recover_policy: "none", prefetch: false, front: false }
+        Options {
+            daemon_mode: "dedicated",
+            recover_policy: "none",
+            prefetch: false,
+            front: false,
+            nydusd_config: None,
+            containerd_toml: String::new(),
+            nydusd_bin: None,
+        }
     }
     pub fn shared() -> Options {
-        Options { daemon_mode: "shared", recover_policy: "none", prefetch: false, front: false }
+        Options { daemon_mode: "shared", ..Options::dedicated() }
     }
     pub fn recover(mut self, policy: &'static str) -> Options {
         self.recover_policy = policy;
@@ -114,7 +129,12 @@ impl Stack {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         // The snapshotter runs `nydusd`: a link named so, to the erofsd binary under test.
-        super::http::nydusd_link(&root.join("bin"));
+        match &opts.nydusd_bin {
+            Some(other) => symlink(other, root.join("bin/nydusd")).unwrap(),
+            None => {
+                super::http::nydusd_link(&root.join("bin"));
+            }
+        }
         let registry = Registry::start_with_access_log();
         let front = opts.front.then(|| {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -142,7 +162,7 @@ impl Stack {
         let r = &self.root;
         // nydusd's fusedev config template; the snapshotter fills in host, repo, auth and the
         // cache work_dir per image (see nydus-snapshotter's misc/snapshotter/nydusd-config.fusedev.json).
-        let nydusd = serde_json::json!({
+        let mut nydusd = serde_json::json!({
             "device": {
                 "backend": {"type": "registry", "config": {"scheme": "http", "timeout": 30, "connect_timeout": 5, "retry_limit": 2}},
                 "cache": {"type": "blobcache"}
@@ -154,6 +174,11 @@ impl Stack {
             "amplify_io": 1048576,
             "fs_prefetch": {"enable": self.opts.prefetch, "threads_count": 2, "merging_size": 1048576, "prefetch_all": self.opts.prefetch}
         });
+        if let Some(serde_json::Value::Object(patch)) = &self.opts.nydusd_config {
+            for (k, v) in patch {
+                nydusd[k] = v.clone();
+            }
+        }
         std::fs::write(r.join("nydusd.json"), serde_json::to_vec_pretty(&nydusd).unwrap()).unwrap();
         let snapshotter = format!(
             r#"version = 1
@@ -226,8 +251,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 [proxy_plugins.nydus]
   type = "snapshot"
   address = "{root}/nydus.sock"
-"#,
-            root = r.display()
+{extra}"#,
+            root = r.display(),
+            extra = self.opts.containerd_toml,
         );
         std::fs::write(r.join("containerd/config.toml"), containerd).unwrap();
     }
@@ -289,6 +315,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         }
     }
 
+    /// containerd's pid.
+    pub fn containerd_pid(&self) -> Option<u32> {
+        self.containerd.as_ref().map(|c| c.id())
+    }
+
     /// The snapshotter's pid.
     pub fn snapshotter_pid(&self) -> Option<u32> {
         self.snapshotter.as_ref().map(|c| c.id())
@@ -300,6 +331,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     /// `--snapshotter nydus` and the local registry as insecure; returns the output whatever
     /// the exit status.
     pub fn nerdctl(&self, args: &[&str]) -> Output {
+        let mut cmd = self.nerdctl_command(args);
+        cmd.stdin(Stdio::null());
+        let desc = format!("{cmd:?}");
+        let t0 = Instant::now();
+        let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+        eprintln!("ran {desc}: {} in {:.2?}", out.status, t0.elapsed());
+        out
+    }
+
+    /// The `nerdctl` command of [`Stack::nerdctl`], not started (a later `--snapshotter` in
+    /// `args` overrides `nydus`).
+    pub fn nerdctl_command(&self, args: &[&str]) -> Command {
         let addr = self.path("containerd.sock");
         let data = self.path("nerdctl");
         let hosts = self.path("certs.d");
@@ -319,7 +362,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             "--insecure-registry",
         ];
         all.extend_from_slice(args);
-        cli::run(go_bin("nerdctl"), all)
+        let mut cmd = Command::new(go_bin("nerdctl"));
+        cmd.args(all);
+        cmd
     }
 
     /// `nerdctl ARGS` with a time limit: past it, the processes stuck in the kernel are
