@@ -58,6 +58,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
         domain_id: args.domain_id,
         prefetch: args.prefetch,
         prefetch_bandwidth,
+        prefetch_in_flight: None,
     };
     let info: MountInfo = runtime()?.block_on(call_json(&args.api_socket, Method::POST, "/api/v1/mounts", Some(&req)))?;
     println!("{} mounted at {} (fsid {}, {} front-end)", info.image.display(), info.mountpoint.display(), info.fsid, info.frontend);

@@ -37,6 +37,9 @@ pub struct MountRequest {
     /// Prefetch cap in stored bytes per second (0 = unlimited); `None`: the daemon's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefetch_bandwidth: Option<u64>,
+    /// Prefetch requests on the wire at once; `None`: the daemon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch_in_flight: Option<usize>,
 }
 
 impl MountRequest {
@@ -48,6 +51,9 @@ impl MountRequest {
         }
         if let Some(b) = self.prefetch_bandwidth {
             c.bandwidth = crate::core::prefetch::ByteSize(b);
+        }
+        if let Some(n) = self.prefetch_in_flight {
+            c.max_in_flight = n.max(1);
         }
         c
     }

@@ -50,6 +50,8 @@ pub struct NydusdConfig {
     pub prefetch: PrefetchMode,
     /// `fs_prefetch.bandwidth_limit` (or `bandwidth_rate`), bytes per second; 0 = none.
     pub prefetch_bandwidth: u64,
+    /// `fs_prefetch.threads_count`: prefetch requests on the wire at once (1..=64).
+    pub prefetch_in_flight: Option<usize>,
 }
 
 impl NydusdConfig {
@@ -81,7 +83,9 @@ impl NydusdConfig {
             .and_then(|f| f.get("bandwidth_limit").or_else(|| f.get("bandwidth_rate")))
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        Ok(NydusdConfig { backend, work_dir, prefetch, prefetch_bandwidth })
+        let prefetch_in_flight =
+            fp.and_then(|f| f.get("threads_count")).and_then(Value::as_u64).filter(|n| *n > 0).map(|n| n.min(64) as usize);
+        Ok(NydusdConfig { backend, work_dir, prefetch, prefetch_bandwidth, prefetch_in_flight })
     }
 
     pub fn from_file(path: &Path) -> Result<NydusdConfig> {
@@ -189,6 +193,7 @@ impl FuseDaemon {
             domain_id: None,
             prefetch: Some(config.prefetch),
             prefetch_bandwidth: Some(config.prefetch_bandwidth),
+            prefetch_in_flight: config.prefetch_in_flight,
         };
         let mounted = match self.persist().context("saving the mount list") {
             Ok(()) => self.daemon.mount_image(image.clone(), req).await,
@@ -311,6 +316,9 @@ pub fn run(opts: Fuse) -> Result<()> {
     if let Some(c) = &nydusd_config {
         config.prefetch.mode = c.prefetch;
         config.prefetch.bandwidth = ByteSize(c.prefetch_bandwidth);
+        if let Some(n) = c.prefetch_in_flight {
+            config.prefetch.max_in_flight = n;
+        }
     }
     std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
     let _cache_lock = crate::cache::open_for_daemon(&cache_dir)?;
@@ -441,6 +449,7 @@ mod tests {
         assert_eq!((b.kind.as_str(), b.config["repo"].as_str()), ("registry", Some("a/b")));
         assert_eq!(c.work_dir, Some(PathBuf::from("/r/cache")));
         assert_eq!(c.prefetch, PrefetchMode::TraceBlobs);
+        assert_eq!(c.prefetch_in_flight, Some(8));
         let c = NydusdConfig::from_json(br#"{"device":{"backend":{"type":"localfs","config":{"dir":"/b"}}},"fs_prefetch":{"enable":false}}"#).unwrap();
         assert_eq!(c.backend.unwrap().kind, "localfs");
         assert_eq!((c.work_dir, c.prefetch), (None, PrefetchMode::None));
