@@ -215,8 +215,9 @@ fn run_row(row: Row, img: &Image, work: &Path, rate: &str, rtt_ms: u64, trace: &
             if trace.is_none() {
                 return Err("no trace: row (c) did not record one".into());
             }
+            // threads_count as in the snapshotter's reference fusedev config.
             opts.nydusd_config = Some(serde_json::json!({
-                "fs_prefetch": {"enable": true, "threads_count": 2, "merging_size": 1048576, "prefetch_all": false}
+                "fs_prefetch": {"enable": true, "threads_count": 8, "merging_size": 1048576, "prefetch_all": false}
             }));
         }
         Row::Nydusd => match std::env::var_os("NYDUSD_REF").map(PathBuf::from) {
