@@ -117,7 +117,7 @@ fn main() {
     }
 
     let mut link = None;
-    let mut results: Vec<(String, u64, Vec<(Row, Outcome)>)> = Vec::new();
+    let mut results: Vec<ImageResults> = Vec::new();
     for img in &images {
         let mut rows_out = Vec::new();
         let mut trace: Option<PathBuf> = None;
@@ -693,7 +693,10 @@ fn mb(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
 
-fn print_tables(results: &[(String, u64, Vec<(Row, Outcome)>)], rate: &str, rate_bps: f64, rtt_ms: u64, link: Option<f64>, images: &[Image]) {
+/// One image's name, OCI layer bytes and row outcomes.
+type ImageResults = (String, u64, Vec<(Row, Outcome)>);
+
+fn print_tables(results: &[ImageResults], rate: &str, rate_bps: f64, rtt_ms: u64, link: Option<f64>, images: &[Image]) {
     println!();
     println!(
         "erofsd container benchmark: registry on loopback shaped to {rate} (tc htb; measured {:.1} Mbit/s through the proxy) + {rtt_ms} ms round trip (toxiproxy); one cold run per row",

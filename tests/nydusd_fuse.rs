@@ -150,9 +150,7 @@ fn write_config(dir: &Path, fixture: &str) -> PathBuf {
 
 /// The filesystem type of the mount at `mp`, from /proc/self/mountinfo.
 fn fstype(mp: &Path) -> Option<String> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = mp.to_str().unwrap();
-    mi.lines().rev().find(|l| l.split(' ').nth(4) == Some(want)).and_then(|l| l.split(" - ").nth(1)).and_then(|r| r.split(' ').next()).map(String::from)
+    erofsd::frontend::fanotify::sysmount::mount_type(mp)
 }
 
 /// Every file of the fixtures' tree.sha256, read under `root` and hashed: the mismatches.
@@ -400,8 +398,8 @@ fn command_line_and_config_errors_are_clear() {
 
 /// How many mounts are stacked at `mp`.
 fn mounts_at(mp: &Path) -> usize {
-    let want = mp.to_str().unwrap();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.split(' ').nth(4) == Some(want)).count()
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().filter_map(erofsd::frontend::fanotify::sysmount::mountinfo_line).filter(|(p, _)| p == mp).count()
 }
 
 #[test]

@@ -102,23 +102,25 @@ impl Daemon {
     }
 
     pub async fn mount(&self, mut req: MountRequest) -> Result<MountInfo> {
-        if !req.mountpoint.is_dir() {
-            bail!("mountpoint {} is not a directory", req.mountpoint.display());
-        }
-        req.mountpoint = mount_key(&req.mountpoint);
-        if self.mounts.lock().expect("mounts").contains_key(&req.mountpoint) {
-            bail!("{} is already served by this daemon", req.mountpoint.display());
-        }
+        // Before any pull: a bad mountpoint fails at once.
+        self.check_mountpoint(&mut req)?;
         if let Some(r) = &req.reference {
             let parsed = crate::oci::Reference::parse(r)?;
             req.image = crate::oci::pull::pull(&parsed, &self.config.registry, &self.config.cache_dir).await?;
         }
         let image = self.images.load_dir(&req.image).with_context(|| format!("loading image {}", req.image.display()))?;
-        self.mount_image(image, req).await
+        self.mount_checked(image, req).await
     }
 
     /// Mounts an image the caller loaded (its blobs from a source of the caller's choosing).
     pub async fn mount_image(&self, image: Arc<crate::core::images::Image>, mut req: MountRequest) -> Result<MountInfo> {
+        self.check_mountpoint(&mut req)?;
+        self.mount_checked(image, req).await
+    }
+
+    /// The mountpoint must be a directory this daemon does not serve yet; it is made the
+    /// canonical key mounts are looked up by.
+    fn check_mountpoint(&self, req: &mut MountRequest) -> Result<()> {
         if !req.mountpoint.is_dir() {
             bail!("mountpoint {} is not a directory", req.mountpoint.display());
         }
@@ -126,6 +128,10 @@ impl Daemon {
         if self.mounts.lock().expect("mounts").contains_key(&req.mountpoint) {
             bail!("{} is already served by this daemon", req.mountpoint.display());
         }
+        Ok(())
+    }
+
+    async fn mount_checked(&self, image: Arc<crate::core::images::Image>, req: MountRequest) -> Result<MountInfo> {
         let info = self.frontend.mount(image.clone(), req).await?;
         self.mounts.lock().expect("mounts").insert(info.mountpoint.clone(), (info.clone(), image));
         Ok(info)

@@ -220,10 +220,6 @@ impl FdStore {
         // `--unsafe-no-supervisor`, which a supervised worker never has).
         let mut cmd = std::process::Command::new("/proc/self/exe");
         cmd.args(std::env::args_os().skip(1));
-        // Same argv[0]: a `nydusd` link dispatches on it.
-        if let Some(arg0) = std::env::args_os().next() {
-            cmd.arg0(arg0);
-        }
         // Its own session: a terminal's ^C reaches the daemon once, not twice.
         let (child, ours) = spawn_with_socket(cmd, ADOPT_ENV, |fd| format!("{}:{fd}", std::process::id()), true)?;
         for (name, f) in &self.parked {
@@ -424,7 +420,7 @@ fn adopt_from_env() -> Option<(i32, OwnedFd)> {
 
 /// Starts `cmd` holding the far end of a new supervisor socket, whichever side is starting the
 /// other: `env` is set to `value(fd number)`, the fd survives the exec, the signal mask (the
-/// supervisor blocks the signals it waits for) is cleared, and with `new_session` the child
+/// supervisor blocks the signals it waits for) is cleared, argv[0] is ours, and with `new_session` the child
 /// gets a session of its own. Returns the child and our end of the socket.
 fn spawn_with_socket(
     mut cmd: std::process::Command,
@@ -435,6 +431,10 @@ fn spawn_with_socket(
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
     let fd = theirs.as_raw_fd();
     cmd.env(env, value(fd));
+    // Our argv[0], whichever side starts the other: a `nydusd` link dispatches on it.
+    if let Some(arg0) = std::env::args_os().next() {
+        cmd.arg0(arg0);
+    }
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -459,10 +459,6 @@ fn spawn_with_socket(
 fn spawn_worker(exe: &std::path::Path, args: &[OsString]) -> Result<(Worker, OwnedFd)> {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(args);
-    // Same argv[0] as ours: a `nydusd` link dispatches on it.
-    if let Some(arg0) = std::env::args_os().next() {
-        cmd.arg0(arg0);
-    }
     let (child, ours) = spawn_with_socket(cmd, SUPERVISOR_FD_ENV, |fd| fd.to_string(), false)
         .with_context(|| format!("starting {}", exe.display()))?;
     Ok((Worker::Child(child), ours))

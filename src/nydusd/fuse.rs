@@ -154,8 +154,7 @@ pub struct FuseDaemon {
 
 impl FuseDaemon {
     fn persist(&self) -> Result<()> {
-        let list: Vec<MountRecord> = self.records.lock().expect("records").values().cloned().collect();
-        persist::save(&persist::mounts_path(&self.daemon.config.cache_dir), &list)
+        persist::save(&persist::mounts_path(&self.daemon.config.cache_dir), &self.records())
     }
 
     /// `M/<id>` for the snapshotter's `/<id>`; refuses anything that would leave `M`.

@@ -777,30 +777,12 @@ pub fn mounts_under(root: &Path) -> Vec<String> {
 
 /// The mount point of a mountinfo line (field 5, octal escapes undone).
 pub fn mountinfo_point(line: &str) -> Option<PathBuf> {
-    let raw = line.split(' ').nth(4)?;
-    Some(PathBuf::from(unescape_octal(raw)))
+    erofsd::frontend::fanotify::sysmount::mountinfo_line(line).map(|(p, _)| p)
 }
 
 /// The filesystem type of a mountinfo line (first field after the ` - ` separator).
 pub fn mountinfo_fstype(line: &str) -> Option<String> {
-    let (_, after) = line.split_once(" - ")?;
-    after.split(' ').next().map(str::to_string)
-}
-
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    erofsd::frontend::fanotify::sysmount::mountinfo_line(line).map(|(_, t)| t)
 }
 
 fn tail_str(s: &str) -> String {

@@ -285,13 +285,15 @@ pub fn is_erofs_mount(mountpoint: &Path) -> bool {
 /// (per /proc/self/mountinfo).
 pub fn mount_type(mountpoint: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mountpoint.to_string_lossy();
     // Later lines are mounted later: the last match is the one on top.
-    info.lines().rev().find_map(|l| {
-        let mut halves = l.splitn(2, " - ");
-        let (Some(a), Some(b)) = (halves.next(), halves.next()) else { return None };
-        (a.split(' ').nth(4).map(unescape) == Some(want.to_string())).then(|| b.split(' ').next().unwrap_or("").to_string())
-    })
+    info.lines().rev().filter_map(mountinfo_line).find(|(p, _)| p == mountpoint).map(|(_, t)| t)
+}
+
+/// One line of /proc/self/mountinfo: its mount point (octal escapes undone) and filesystem type.
+pub fn mountinfo_line(line: &str) -> Option<(PathBuf, String)> {
+    let (a, b) = line.split_once(" - ")?;
+    let point = unescape(a.split(' ').nth(4)?);
+    Some((PathBuf::from(point), b.split(' ').next().unwrap_or("").to_string()))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
