@@ -3,7 +3,7 @@
 //! Read-ahead pieces from local blobs that are read, decoded and written on one thread
 //! (fanotify's sparse cache files, [`super::fill::WritePath::OnFillThread`]) run here. A reader
 //! that wakes up, and the event thread that answers it, then preempt read-ahead at once instead
-//! of queueing behind it: traced over one cold pass (docs/fanotify.md, session 12), the reader
+//! of queueing behind it: traced over one cold pass (docs/fanotify.md, "Complete a streaming reader's blob early; read-ahead at nice 19"), the reader
 //! waited 56-85 ms in all for a CPU, against 134-161 ms with read-ahead at normal priority. On a
 //! busy machine read-ahead slows down, and the reader's own on-demand fills, at normal priority
 //! on the blocking pool, take over.
