@@ -296,6 +296,12 @@ fn run_row(row: Row, img: &Image, work: &Path, rate: &str, rtt_ms: u64, trace: &
                     let keep = work.join("trace").join(rel);
                     std::fs::create_dir_all(keep.parent().unwrap()).unwrap();
                     std::fs::copy(&p, &keep).unwrap();
+                    if let Some(logs) = std::env::var_os("BENCH_KEEP_LOGS") {
+                        // Beside the row's logs (keep_logs): what the start read, for offline study.
+                        let d = PathBuf::from(logs).join(format!("bench-{}-c", img.name));
+                        let _ = std::fs::create_dir_all(&d);
+                        let _ = std::fs::copy(&p, d.join("access.trace"));
+                    }
                     *trace = Some(keep);
                 }
                 None => result.note += " no trace saved after rmi;",

@@ -164,6 +164,9 @@ pub struct Filler {
     /// ([`Filler::read_ahead`] queues them nearest first). A piece holds its slot until it is
     /// decoded, not through its write ([`CpuSlot`]).
     pub(super) read_ahead_slots: Arc<Semaphore>,
+    /// Speculative neighbourhood fetches from costly sources that may be in flight at once
+    /// ([`Filler::read_ahead`]): a miss finding none free speculates no further.
+    pub(super) speculation_slots: Arc<Semaphore>,
     /// Where read-ahead pieces of [`WritePath::OnFillThread`] targets from local blobs run: at
     /// the lowest CPU priority, one thread per read-ahead slot.
     background: Arc<BackgroundThreads>,
@@ -201,6 +204,7 @@ impl Filler {
             fetch_slots: Arc::new(Semaphore::new(max_concurrent_fetches.max(1))),
             demand_waiting: Default::default(),
             read_ahead_slots: Arc::new(Semaphore::new(cpus)),
+            speculation_slots: Arc::new(Semaphore::new(SPECULATIONS)),
             background: Arc::new(BackgroundThreads::new(cpus)),
         }
     }
@@ -414,6 +418,9 @@ fn same_error(e: &std::io::Error) -> std::io::Error {
         None => std::io::Error::new(e.kind(), e.to_string()),
     }
 }
+
+/// Speculative neighbourhood fetches in flight at once ([`Filler::speculation_slots`]).
+pub const SPECULATIONS: usize = 2;
 
 /// Read amplification allowed when gaps are merged: stored bytes fetched at most this many
 /// times the stored bytes wanted, per request.
@@ -706,23 +713,50 @@ mod read_ahead_tests {
         assert_eq!(filled, [1, 2].into_iter().chain(4..16).collect::<Vec<u32>>(), "what read-ahead claimed, nothing else");
     }
 
+    /// From a costly source every miss also fetches the groups after it, one request's worth of
+    /// stored bytes (capped by the window), stream or not; a miss that starts no stream only
+    /// while a speculation slot is free.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn from_a_costly_source_the_window_ramps_up_with_the_streak() {
+    async fn from_a_costly_source_a_miss_fetches_its_neighbourhood() {
+        const GS: u64 = 64 << 10;
+        let policy = ReadAheadPolicy { window: 2 * GS, ramp: 0, piece: GS, slack: GS, require_filled_behind: true };
         let dir = tempfile::tempdir().unwrap();
-        let (_blob, target, filler) = setup(dir.path(), |d| Arc::new(Costly::new(d, 512 << 10)));
+        let (_blob, target, filler) = setup_pages(dir.path(), 256, |d| Arc::new(Costly::new(d, 512 << 10))); // 16 groups
         let rt = tokio::runtime::Handle::current();
-        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 0, 4096, || {}), 0);
-        // Sequential, but the streak is 8 KiB: half of it ahead does not reach the next group
-        // (two neighbouring pages get no read-ahead).
-        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 4096, 4096, || {}), 0);
-        // The streak is 0..64096: 32 KiB ahead reaches group 1.
-        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 8192, 55904, || {}), 1);
-        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 60000, 4096, || {}), 0, "already requested");
-        // 0..131072 read: 64 KiB ahead reaches group 2; group 3 is not started.
-        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 64096, 66976, || {}), 1);
-        // A jump starts a new streak: nothing ahead.
-        assert_eq!(filler.read_ahead(&rt, &target, &POLICY, 200_000, 4096, || {}), 0);
-        expect_groups_1_and_2(&target).await;
+        // A first request, a miss: groups 1..=2 in one piece (the window caps the neighbourhood).
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 1);
+        wait_ready(&target, 2).await;
+        // A jump to another miss: its own neighbourhood, 9..=10.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 8 * GS + 100, 4096, || {}), 1);
+        wait_ready(&target, 4).await;
+        // A hit that continues no stream: nothing.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, GS, 4096, || {}), 0);
+        // With every speculation slot taken, a lone miss speculates no further.
+        let held = filler.speculation_slots.clone().try_acquire_many_owned(SPECULATIONS as u32).unwrap();
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 13 * GS, 4096, || {}), 0);
+        drop(held);
+        let filled: Vec<u32> = (0..16).filter(|&g| target.readiness().is_ready(g as usize)).collect();
+        assert_eq!(filled, [1, 2, 9, 10], "the neighbourhoods of the misses, nothing else");
+    }
+
+    /// From a costly source a stream of hits (data already there) gets read-ahead of half what it
+    /// has read sequentially: a few neighbouring pages get none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn from_a_costly_source_a_stream_of_hits_ramps_up() {
+        const GS: u64 = 64 << 10;
+        let policy = ReadAheadPolicy { window: 2 * GS, ramp: 0, piece: GS, slack: GS, require_filled_behind: false };
+        let dir = tempfile::tempdir().unwrap();
+        let (_blob, target, filler) = setup_pages(dir.path(), 256, |d| Arc::new(Costly::new(d, 512 << 10))); // 16 groups
+        let rt = tokio::runtime::Handle::current();
+        filler.fill(&target, 0, 4 * GS).await.unwrap();
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 0, 4096, || {}), 0);
+        // Sequential hits, streak 8 KiB: 4 KiB ahead does not reach group 1's end.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 4096, 4096, || {}), 0);
+        // Streak 0..4 groups: 2 groups ahead, 4..=5, in one piece.
+        assert_eq!(filler.read_ahead(&rt, &target, &policy, 8192, 4 * GS - 8192, || {}), 1);
+        wait_ready(&target, 6).await;
+        let filled: Vec<u32> = (0..16).filter(|&g| target.readiness().is_ready(g as usize)).collect();
+        assert_eq!(filled, (0..6).collect::<Vec<u32>>());
     }
 }
 

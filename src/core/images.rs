@@ -23,13 +23,24 @@ pub struct Image {
     /// sha256 of the bootstrap, hex: a content-derived name (default fsid).
     pub id: String,
     pub bootstrap_path: PathBuf,
-    /// The whole bootstrap; it is small and every front-end serves it whole.
-    pub bootstrap: Arc<Vec<u8>>,
+    /// Bootstrap bytes are not kept: an image's metadata can be tens of MB (a Python stack's
+    /// bootstrap: 31 MB), the fanotify door mounts the file itself, and the fscache door reads
+    /// it once per bind ([`Image::read_bootstrap`]).
     /// Blob per device slot, in device-table order (slot k = device id k + 1).
     pub blobs: Vec<Arc<Blob>>,
 }
 
 impl Image {
+    /// The bootstrap's bytes, read again from `bootstrap_path` and checked against the image
+    /// id: a file changed since the image was loaded is an error, never served.
+    pub fn read_bootstrap(&self) -> Result<Vec<u8>> {
+        let bytes = std::fs::read(&self.bootstrap_path).with_context(|| format!("reading {}", self.bootstrap_path.display()))?;
+        if hex::encode(Sha256::digest(&bytes)) != self.id {
+            bail!("bootstrap {} changed since image {} was loaded from it", self.bootstrap_path.display(), self.id);
+        }
+        Ok(bytes)
+    }
+
     pub fn blob_by_tag(&self, tag: &str) -> Option<&Arc<Blob>> {
         self.blobs.iter().find(|b| b.id == tag)
     }
@@ -131,11 +142,11 @@ impl ImageStore {
         let reader = erofs::reader::Image::open(&bytes[..]).with_context(|| format!("bootstrap {}", boot.display()))?;
         if reader.blobs().is_none() && erofs::rafs::is_rafs_v6(&bytes) {
             let blobs = self.load_rafs_blobs(&bytes, reader.devices(), &source).with_context(|| format!("nydus bootstrap {}", boot.display()))?;
-            return Ok(Arc::new(Image { id, bootstrap_path: boot.into(), bootstrap: Arc::new(bytes), blobs }));
+            return Ok(Arc::new(Image { id, bootstrap_path: boot.into(), blobs }));
         }
         let Some(records) = reader.blobs() else {
             if reader.devices().is_empty() {
-                return Ok(Arc::new(Image { id, bootstrap_path: boot.into(), bootstrap: Arc::new(bytes), blobs: Vec::new() }));
+                return Ok(Arc::new(Image { id, bootstrap_path: boot.into(), blobs: Vec::new() }));
             }
             bail!(
                 "bootstrap {} has {} blob devices but no erofsd blob table (not built by `erofsd build`)",
@@ -160,7 +171,7 @@ impl ImageStore {
             blobs.push(blob);
         }
         drop(shared);
-        Ok(Arc::new(Image { id, bootstrap_path: boot.into(), bootstrap: Arc::new(bytes), blobs }))
+        Ok(Arc::new(Image { id, bootstrap_path: boot.into(), blobs }))
     }
 
     /// Resolves the device slots of a nydus RAFS v6 bootstrap to blobs: parses its blob table,

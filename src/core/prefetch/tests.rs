@@ -63,7 +63,7 @@ fn fixture(len: usize, delay: Duration) -> Fixture {
     let source = Arc::new(SlowSource { inner: LocalDirSource::new(&dir), delay, log: Mutex::new(Vec::new()), requests: AtomicU64::new(0) });
     let blob = Blob::new(rec, source.clone()).unwrap();
     std::fs::write(dir.join("image.boot"), b"not read by these tests").unwrap();
-    let image = Arc::new(Image { id: "ee".repeat(32), bootstrap_path: dir.join("image.boot"), bootstrap: Arc::new(Vec::new()), blobs: vec![blob] });
+    let image = Arc::new(Image { id: "ee".repeat(32), bootstrap_path: dir.join("image.boot"), blobs: vec![blob] });
     Fixture { _dir: tmp, dir, data, image, source }
 }
 

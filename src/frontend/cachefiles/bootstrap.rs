@@ -35,11 +35,12 @@ impl FscacheBootstrap {
     /// The object for `image`: its bootstrap, with interior holes redirected when it has any.
     /// Fails only for an image the redirection cannot place a zero extent in.
     pub fn for_image(image: &Image) -> Result<FscacheBootstrap> {
-        let redirected = erofs::holes::redirect_interior_holes(&image.bootstrap).with_context(|| {
+        let bytes = image.read_bootstrap()?;
+        let redirected = erofs::holes::redirect_interior_holes(&bytes).with_context(|| {
             format!("image {}: its interior holes cannot be served safely through fscache", image.bootstrap_path.display())
         })?;
         Ok(match redirected {
-            None => FscacheBootstrap { bytes: image.bootstrap.clone(), size: image.bootstrap.len() as u64 },
+            None => FscacheBootstrap { size: bytes.len() as u64, bytes: Arc::new(bytes) },
             Some(r) => {
                 info!(
                     "image {}: {} file(s) with interior holes ({} chunks) point at a zero extent at block {} of the bootstrap object \

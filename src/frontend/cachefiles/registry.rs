@@ -222,12 +222,9 @@ mod tests {
         let path = dir.path().join("state/cachefiles.json");
         assert!(Registry::load_saved(&path).unwrap().is_empty());
         let reg = Registry::new(path.clone());
-        let image = Arc::new(Image {
-            id: "ab".repeat(32),
-            bootstrap_path: "/x/image.boot".into(),
-            bootstrap: Arc::new(empty_bootstrap()),
-            blobs: Vec::new(),
-        });
+        let boot = dir.path().join("image.boot");
+        std::fs::write(&boot, empty_bootstrap()).unwrap();
+        let image = crate::core::images::ImageStore::new().load_dir(&boot).unwrap();
         let registration = |mp: &str| Registration::new("f1".into(), Some("d".into()), image.clone(), "/x".into(), mp.into()).unwrap();
         reg.add(registration("/mnt/a")).unwrap();
         assert!(reg.add(registration("/mnt/b")).is_err());
