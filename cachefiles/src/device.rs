@@ -347,7 +347,7 @@ impl AsFd for Device {
 }
 
 impl AsRawFd for Device {
-    /// For epoll registration (use edge-triggered; see the protocol notes).
+    /// For epoll registration (use edge-triggered; docs/protocols/cachefiles.md §3).
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }

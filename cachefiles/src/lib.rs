@@ -4,7 +4,7 @@
 //! handle ([`device`]). Daemon policy (what to fetch, when to copen what)
 //! lives in the erofsd crate.
 //!
-//! Protocol facts: ../shared/notes/cachefiles-protocol.md (kernel 5.19–7.1).
+//! Protocol facts: docs/protocols/cachefiles.md (kernel 5.19–7.1).
 
 pub mod command;
 pub mod device;

@@ -1,6 +1,6 @@
 //! Raw EROFS on-disk structures, byte-exact, with encode and decode.
 //!
-//! Offsets and rules: `shared/notes/erofs-format.md` (checked against the kernel's
+//! Offsets and rules: `docs/protocols/erofs-format.md` (checked against the kernel's
 //! `fs/erofs/erofs_fs.h`). This module only converts between bytes and structs; deciding
 //! whether decoded values make sense is the reader's job, choosing them is the writer's.
 //! All integers are little-endian.

@@ -1,5 +1,5 @@
-//! nydus RAFS v6 extensions (docs/format.md, "nydus RAFS v6 images"; layout notes in
-//! shared/notes/nydus-compat.md Part A).
+//! nydus RAFS v6 extensions (docs/format.md, "nydus RAFS v6 images"; layouts in
+//! docs/protocols/nydus-compat.md Part A).
 //!
 //! A RAFS v6 bootstrap is an EROFS image whose device slots name nydus data blobs. What the
 //! kernel reads through device k is the blob's *uncompressed* address space; the stored blob

@@ -103,7 +103,7 @@ pub enum Target<'a> {
 /// A fanotify group fd.
 ///
 /// **Dropping the group allows every pending permission event** (fail-open):
-/// unmount whatever depends on it first. See the fanotify notes §6.
+/// unmount whatever depends on it first. See docs/protocols/fanotify-precontent.md §6.
 #[derive(Debug)]
 pub struct Group {
     fd: OwnedFd,

@@ -4,7 +4,7 @@
 //! ([`group`]). Daemon policy (what to mark, how to fill, shutdown order)
 //! lives in erofsd.
 //!
-//! Facts: ../shared/notes/fanotify-precontent.md.
+//! Facts: docs/protocols/fanotify-precontent.md.
 
 pub mod consts;
 pub mod event;

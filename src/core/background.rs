@@ -3,10 +3,10 @@
 //! Read-ahead pieces from local blobs that are read, decoded and written on one thread
 //! (fanotify's sparse cache files, [`super::fill::WritePath::OnFillThread`]) run here. A reader
 //! that wakes up, and the event thread that answers it, then preempt read-ahead at once instead
-//! of queueing behind it: traced over one cold pass (docs/fanotify.md, "Complete a streaming reader's blob early; read-ahead at nice 19"), the reader
-//! waited 56-85 ms in all for a CPU, against 134-161 ms with read-ahead at normal priority. On a
-//! busy machine read-ahead slows down, and the reader's own on-demand fills, at normal priority
-//! on the blocking pool, take over.
+//! of queueing behind it: traced over one cold pass (docs/fanotify.md, "Conclusions that shaped
+//! the design"), the reader waited 56-85 ms in all for a CPU, against 134-161 ms with read-ahead
+//! at normal priority. On a busy machine read-ahead slows down, and the reader's own on-demand
+//! fills, at normal priority on the blocking pool, take over.
 //!
 //! Nice 19 rather than `SCHED_IDLE`: a reader that reaches a group a read-ahead piece is filling
 //! waits for that piece, and under full load an idle-policy thread gets about a fifth of the

@@ -1,6 +1,6 @@
 //! An independent, minimal reading of an EROFS image's device table: which blob backs which
 //! device id. Deliberately not our `erofs` crate, so a writer bug and a reader bug cannot
-//! cancel out in the tests. Offsets: shared/notes/erofs-format.md §2 and §4.
+//! cancel out in the tests. Offsets: docs/protocols/erofs-format.md §2 and §4.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

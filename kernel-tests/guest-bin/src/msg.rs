@@ -1,6 +1,6 @@
 //! Parsing of the binary messages read from /dev/cachefiles (on-demand mode).
 //! Layout per include/uapi/linux/cachefiles.h, host-endian (see
-//! shared notes cachefiles-protocol.md §2). Every length is checked against the
+//! docs/protocols/cachefiles.md §2). Every length is checked against the
 //! bytes actually read: a lying header gives an error, never a panic.
 
 pub const OP_OPEN: u32 = 0;

@@ -42,7 +42,7 @@ start_daemon
 # 90 % by round 5), and the daemon's writes, which allocate on ext4 under the inode lock the
 # reader's reads also take, got slower with it: in every boot rounds 3-5 were slower than
 # rounds 1-2 (up to 1.6x) while native did not slow down, and evicting between rounds made
-# the rounds even (docs/cachefiles.md, "The daemon's writes queued the reader behind them").
+# the rounds even (docs/cachefiles.md, "Conclusions that shaped the design").
 evict_unused() { erofsd cache gc --max-size 0 --api-socket "$ERO_SOCK" >/dev/null || fail "cache gc failed"; }
 # One cold erofsd pass over image $1 mounted at $2 with fsid $3: appends its seconds to
 # the variable named $4 and its CPU (guest busy / daemon user+sys) to cpu_all.

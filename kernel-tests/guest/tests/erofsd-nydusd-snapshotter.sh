@@ -1,5 +1,5 @@
 # erofsd invoked as `nydusd` (a symlink) with nydus-snapshotter's command line, driven with the
-# snapshotter's exact call sequence (pkg/daemon, pkg/filesystem; ../shared/notes/nydus-compat.md
+# snapshotter's exact call sequence (pkg/daemon, pkg/filesystem; docs/protocols/nydus-compat.md
 # Part B): start, wait RUNNING, hold an idle liveness connection, PUT /api/v2/blobs (the
 # snapshotter's fscache BlobCacheEntry), mount -t erofs -o domain_id=…,fsid=… by ourselves,
 # byte-exact read, metrics with underlying_files, DELETE (unbind) before umount, umount, DELETE

@@ -9,7 +9,7 @@
 //! * [`sysmount`] — mount(2) / umount2(2);
 //! * [`metrics`], [`probe`].
 //!
-//! Protocol facts: ../shared/notes/cachefiles-protocol.md; user guide: docs/cachefiles.md.
+//! Protocol facts: docs/protocols/cachefiles.md; user guide: docs/cachefiles.md.
 
 pub mod bootstrap;
 pub mod metrics;

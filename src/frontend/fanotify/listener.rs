@@ -30,7 +30,8 @@ const READ_BUF: usize = 64 * 1024;
 /// blob is complete and its mark removed, so a reader that streams through a blob gains most
 /// from the blob being completed early. Those pieces run at the lowest CPU priority
 /// ([`crate::core::background`]), so they do not delay the reader itself. (docs/fanotify.md,
-/// "Complete a streaming reader's blob early; read-ahead at nice 19": a cold full read of the bench rootfs went from 1.56-1.58x to 1.15-1.23x native.)
+/// "Conclusions that shaped the design": a cold full read of the bench rootfs went from
+/// 1.56-1.58x to 1.15-1.23x native.)
 pub const READ_AHEAD: ReadAheadPolicy = ReadAheadPolicy { window: 4 << 20, ramp: 4, piece: 0, slack: 0, require_filled_behind: true };
 /// Events one read() can return beyond the last fd the journal saw (sweep margin).
 pub const SWEEP_MARGIN: i32 = (READ_BUF / 48) as i32 + 64;
