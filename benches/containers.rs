@@ -15,10 +15,15 @@
 //! --estargz --oci`; (c) nydus-snapshotter (fusedev driver, shared daemon) with erofsd, which
 //! mounts kernel EROFS through fanotify, image made by `erofsd convert`; (d) the same with the
 //! access trace (c) recorded copied into the daemon's cache dir and `fs_prefetch.enable` (erofsd's
-//! `trace` prefetch); (e) nydusd itself in fusedev mode when `NYDUSD_REF` names a build of it.
+//! `trace` prefetch); (e) nydusd itself in fusedev mode (FUSE), on a RAFS v6 image of the same
+//! rootfs made by `nydus-image create` (one zstd blob, nydus's default 1 MiB chunks, pushed the
+//! way nydusify pushes); (f) erofsd on that same RAFS v6 image: (e) and (f) compare the two
+//! daemons on one image. (e) and (f) need the peer build (`scripts/container-deps.sh
+//! --with-nydusd`: nydusd and nydus-image from nydus-rs on crates.io, or NYDUSD_REF and
+//! NYDUS_IMAGE naming builds of them).
 //!
-//! Env: BENCH_IMAGES (rootfs,pystack), BENCH_ROWS (a,b,c,d,e), RATE (100mbit), RTT_MS (20),
-//! NYDUSD_REF, BENCH_KEEP_LOGS (a directory: each row's stack logs are copied there).
+//! Env: BENCH_IMAGES (rootfs,pystack), BENCH_ROWS (a,b,c,d,e,f), RATE (100mbit), RTT_MS (20),
+//! NYDUSD_REF, NYDUS_IMAGE, BENCH_KEEP_LOGS (a directory: each row's stack logs are copied there).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -48,6 +53,8 @@ struct Image {
     oci_bytes: u64,
     /// `erofsd convert` output (an OCI layout), made once per image.
     erofsd_layout: PathBuf,
+    /// The RAFS v6 form for rows (e) and (f): `image.boot` and the blob (or why there is none).
+    rafs: Result<PathBuf, String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -57,11 +64,12 @@ enum Row {
     Erofsd,
     ErofsdTrace,
     Nydusd,
+    ErofsdRafs,
 }
 
 impl Row {
-    fn all() -> [Row; 5] {
-        [Row::Overlay, Row::Stargz, Row::Erofsd, Row::ErofsdTrace, Row::Nydusd]
+    fn all() -> [Row; 6] {
+        [Row::Overlay, Row::Stargz, Row::Erofsd, Row::ErofsdTrace, Row::Nydusd, Row::ErofsdRafs]
     }
     fn key(self) -> &'static str {
         match self {
@@ -70,6 +78,7 @@ impl Row {
             Row::Erofsd => "c",
             Row::ErofsdTrace => "d",
             Row::Nydusd => "e",
+            Row::ErofsdRafs => "f",
         }
     }
     fn label(self) -> &'static str {
@@ -78,7 +87,8 @@ impl Row {
             Row::Stargz => "(b) stargz-snapshotter, eStargz (FUSE)",
             Row::Erofsd => "(c) nydus-snapshotter + erofsd (fanotify EROFS)",
             Row::ErofsdTrace => "(d) (c) + recorded trace prefetched",
-            Row::Nydusd => "(e) nydus-snapshotter + nydusd (FUSE)",
+            Row::Nydusd => "(e) nydus-snapshotter + nydusd (FUSE), RAFS v6",
+            Row::ErofsdRafs => "(f) nydus-snapshotter + erofsd, (e)'s RAFS v6 image",
         }
     }
 }
@@ -105,7 +115,7 @@ fn main() {
     let rtt_ms: u64 = std::env::var("RTT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let rate_bps = parse_rate(&rate);
     let images_wanted = std::env::var("BENCH_IMAGES").unwrap_or_else(|_| "rootfs,pystack".into());
-    let rows_wanted = std::env::var("BENCH_ROWS").unwrap_or_else(|_| "a,b,c,d,e".into());
+    let rows_wanted = std::env::var("BENCH_ROWS").unwrap_or_else(|_| "a,b,c,d,e,f".into());
     let rows: Vec<Row> = Row::all().into_iter().filter(|r| rows_wanted.split(',').any(|k| k.trim() == r.key())).collect();
     assert!(common::env::is_root(), "bench-containers: needs root (containerd, tc, mounts)");
     assert!(common::containers::require_stack("bench-containers"), "bench-containers: the container stack is missing (scripts/container-deps.sh)");
@@ -113,7 +123,8 @@ fn main() {
     let work = tempfile::Builder::new().prefix("ebc-").tempdir_in("/var/tmp").expect("work dir");
     let mut images = Vec::new();
     for name in images_wanted.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        images.push(prepare_image(name, work.path()));
+        let rafs = rows.iter().any(|r| matches!(r, Row::Nydusd | Row::ErofsdRafs));
+        images.push(prepare_image(name, work.path(), rafs));
     }
 
     let mut link = None;
@@ -137,7 +148,7 @@ fn main() {
 
 // ---------------------------------------------------------------- images
 
-fn prepare_image(name: &str, work: &Path) -> Image {
+fn prepare_image(name: &str, work: &Path, rafs: bool) -> Image {
     let (layout, tag, code, first_line) = match name {
         "rootfs" => (fixtures::fixture("oci").join("layout"), "base", SMALL_CMD, SMALL_OUT),
         "pystack" => (fixtures::fixture("pystack").join("layout"), "app", BIG_CMD, "ready"),
@@ -162,7 +173,54 @@ fn prepare_image(name: &str, work: &Path) -> Image {
     );
     eprintln!("bench-containers: converted {name} in {:.1} s", t0.elapsed().as_secs_f64());
     let cmd = vec!["/usr/bin/python3".to_string(), "-c".to_string(), code.to_string()];
-    Image { name: if name == "rootfs" { "rootfs" } else { "pystack" }, layout, tag, cmd, first_line, oci_bytes, erofsd_layout }
+    let rafs = if rafs { make_rafs(name, &layout, tag, work) } else { Err("not asked for".into()) };
+    Image { name: if name == "rootfs" { "rootfs" } else { "pystack" }, layout, tag, cmd, first_line, oci_bytes, erofsd_layout, rafs }
+}
+
+/// A peer program from `scripts/container-deps.sh --with-nydusd` (PEER_PREFIX/bin), or `env`.
+fn peer_bin(env: &str, name: &str) -> Option<PathBuf> {
+    match std::env::var_os(env) {
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(PathBuf::from(&common::containers::versions()["PEER_PREFIX"]).join("bin").join(name)),
+    }
+    .filter(|p| p.is_file())
+}
+
+/// The image's rootfs as a RAFS v6 image: `umoci unpack`, then `nydus-image create` (zstd, its
+/// default chunk size) into `work/NAME-rafs` (`image.boot`, `blobs/<id>`).
+fn make_rafs(name: &str, layout: &Path, tag: &str, work: &Path) -> Result<PathBuf, String> {
+    let tool = peer_bin("NYDUS_IMAGE", "nydus-image").ok_or("not present (scripts/container-deps.sh --with-nydusd builds nydus-image)")?;
+    let t0 = Instant::now();
+    let bundle = work.join(format!("{name}-bundle"));
+    let out = work.join(format!("{name}-rafs"));
+    std::fs::create_dir_all(out.join("blobs")).unwrap();
+    cli::run_ok("umoci", ["unpack", "--image", &format!("{}:{tag}", layout.display()), bundle.to_str().unwrap()]);
+    let st = Command::new(&tool)
+        .args(["create", "--type", "dir-rafs", "--fs-version", "6", "--compressor", "zstd", "--log-level", "warn", "--blob-dir"])
+        .arg(out.join("blobs"))
+        .arg("--bootstrap")
+        .arg(out.join("image.boot"))
+        .arg(bundle.join("rootfs"))
+        .status()
+        .map_err(|e| format!("{}: {e}", tool.display()))?;
+    let _ = std::fs::remove_dir_all(&bundle);
+    if !st.success() {
+        return Err(format!("nydus-image create failed: {st}"));
+    }
+    eprintln!("bench-containers: nydus-image create {name} (RAFS v6) in {:.1} s", t0.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+/// Pushes the RAFS v6 image at `dir` nydusify's way (blob layers, then the bootstrap layer).
+fn push_rafs(s: &Stack, dir: &Path, repo: &str) -> Result<(), String> {
+    let boot = std::fs::read(dir.join("image.boot")).map_err(|e| e.to_string())?;
+    let mut layers = Vec::new();
+    for e in std::fs::read_dir(dir.join("blobs")).map_err(|e| e.to_string())?.flatten() {
+        let data = std::fs::read(e.path()).map_err(|e| e.to_string())?;
+        layers.push(common::containers::BlobLayer { data, reference: None, in_manifest: true });
+    }
+    common::containers::push_nydus_image(&s.registry, repo, "rafs", &boot, &layers);
+    Ok(())
 }
 
 /// Sum of the layer sizes of `tag` in an OCI layout.
@@ -220,11 +278,20 @@ fn run_row(row: Row, img: &Image, work: &Path, rate: &str, rtt_ms: u64, trace: &
                 "fs_prefetch": {"enable": true, "threads_count": 8, "merging_size": 1048576, "prefetch_all": false}
             }));
         }
-        Row::Nydusd => match std::env::var_os("NYDUSD_REF").map(PathBuf::from) {
-            Some(p) if p.is_file() => opts.nydusd_bin = Some(p),
-            Some(p) => return Err(format!("not present (NYDUSD_REF={} is not a file)", p.display())),
-            None => return Err("not present (set NYDUSD_REF to a nydusd build)".into()),
-        },
+        Row::Nydusd => {
+            img.rafs.as_ref().map_err(|e| format!("no RAFS v6 image: {e}"))?;
+            let nydusd = peer_bin("NYDUSD_REF", "nydusd").ok_or("not present (scripts/container-deps.sh --with-nydusd builds nydusd, or set NYDUSD_REF)")?;
+            // nydusd raises RLIMIT_NOFILE to 1,000,000 unless told `--rlimit-nofile 0`, and
+            // fails to start where the hard limit is lower and cannot be raised (containers);
+            // the snapshotter passes no such flag. argv[0] stays the snapshotter's.
+            let wrapper = work.join("nydusd-peer");
+            std::fs::write(&wrapper, format!("#!/bin/bash\nexec -a \"$0\" '{}' \"$@\" --rlimit-nofile 0\n", nydusd.display())).unwrap();
+            std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            opts.nydusd_bin = Some(wrapper);
+        }
+        Row::ErofsdRafs => {
+            img.rafs.as_ref().map_err(|e| format!("no RAFS v6 image: {e}"))?;
+        }
     }
     let test = format!("bench-{}-{}", img.name, row.key());
     let s = Stack::start(&test, opts).ok_or("stack did not start")?;
@@ -242,6 +309,10 @@ fn run_row(row: Row, img: &Image, work: &Path, rate: &str, rtt_ms: u64, trace: &
             skopeo_push(&format!("oci:{}:{}", img.layout.display(), img.tag), &format!("docker://{direct}/{repo}:oci"))?;
             make_estargz(&s, &format!("{direct}/{repo}:oci"), &format!("{direct}/{repo}:esgz"))?;
             "esgz"
+        }
+        Row::Nydusd | Row::ErofsdRafs => {
+            push_rafs(&s, img.rafs.as_ref().unwrap(), &repo)?;
+            "rafs"
         }
         _ => {
             skopeo_push(&format!("oci:{}:erofsd", img.erofsd_layout.display()), &format!("docker://{direct}/{repo}:erofsd"))?;

@@ -5,7 +5,8 @@
 #   (b) stargz-snapshotter (containerd-stargz-grpc, FUSE, lazy) on an eStargz form of the image
 #   (c) nydus-snapshotter (fs_driver fusedev, shared daemon) + erofsd: kernel EROFS via fanotify
 #   (d) (c) with the access trace (c) recorded prefetched (fs_prefetch.enable -> erofsd `trace`)
-#   (e) nydus-snapshotter + nydusd itself (FUSE), when NYDUSD_REF names a build of it
+#   (e) nydus-snapshotter + nydusd itself (FUSE) on a RAFS v6 image made by nydus-image
+#   (f) erofsd on that same RAFS v6 image (e and f need `scripts/container-deps.sh --with-nydusd`)
 # on two images: the debootstrap rootfs fixture (`python3 -c 'import json; ...'`) and the
 # pystack fixture (>1 GB Python stack, `python3 -c 'import torch, sklearn, ...'`).
 # One cold run per row: a fresh stack (registry, containerd, snapshotter, empty caches) per row,
@@ -15,9 +16,9 @@
 # (markdown) on stdout; progress and logs on stderr.
 #
 # Usage: scripts/bench-containers.sh
-# Env: BENCH_IMAGES (default rootfs,pystack), BENCH_ROWS (default a,b,c,d,e), RATE (100mbit),
-#   RTT_MS (20), NYDUSD_REF (a nydusd binary for row e), BENCH_KEEP_LOGS (dir for each row's
-#   logs), CARGO_TARGET_DIR. Needs root, tc, curl and the container stack
+# Env: BENCH_IMAGES (default rootfs,pystack), BENCH_ROWS (default a,b,c,d,e,f), RATE (100mbit),
+#   RTT_MS (20), NYDUSD_REF and NYDUS_IMAGE (other nydusd / nydus-image builds for rows e, f),
+#   BENCH_KEEP_LOGS (dir for each row's logs: access.trace of row c too), CARGO_TARGET_DIR. Needs root, tc, curl and the container stack
 #   (scripts/container-deps.sh); the fixtures are built on first use (scripts/make-fixtures.sh
 #   oci pystack: the pystack debootstrap takes several minutes and about 1.5 GB).
 # Takes over the root qdisc of `lo` while it runs; refuses to start if one is already set.

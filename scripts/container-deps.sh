@@ -4,8 +4,17 @@
 # Go from the Go module proxy), docker-registry, skopeo, umoci, ctr-remote (Debian), toxiproxy
 # and stargz-snapshotter's containerd-stargz-grpc (Go). Every version is pinned in
 # scripts/versions.env. Idempotent, no stdin; needs root.
+# With --with-nydusd, also builds the peer nydusd and nydus-image (nydus-rs from crates.io) for
+# scripts/bench-containers.sh row (e): about 10 minutes on 2 cores the first time; CI does not.
 # Prints one line per part: name, version, path. Exits non-zero naming what it could not install.
 set -euo pipefail
+with_nydusd=0
+for a in "$@"; do
+    case $a in
+        --with-nydusd) with_nydusd=1 ;;
+        *) echo "usage: $0 [--with-nydusd]" >&2; exit 2 ;;
+    esac
+done
 
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -117,3 +126,16 @@ if [[ $(stargz_built) != "$STARGZ_SNAPSHOTTER_VERSION" ]] || ! cmp -s "$here/sta
     [[ $(stargz_built) == "$STARGZ_SNAPSHOTTER_VERSION" ]] || die "$stargz_bin does not report $STARGZ_SNAPSHOTTER_MODULE $STARGZ_SNAPSHOTTER_VERSION"
 fi
 part containerd-stargz-grpc "$STARGZ_SNAPSHOTTER_VERSION" "$stargz_bin"
+
+if ((with_nydusd)); then
+    nydusd=$PEER_PREFIX/bin/nydusd
+    stamp=$PEER_PREFIX/bin/.nydus-rs-version
+    if [[ ! -x $nydusd || ! -x $PEER_PREFIX/bin/nydus-image || $(cat "$stamp" 2>/dev/null) != "$NYDUS_RS_VERSION" ]]; then
+        echo "container-deps: building nydusd from nydus-rs $NYDUS_RS_VERSION (crates.io)" >&2
+        CARGO_TARGET_DIR=$PEER_PREFIX/target cargo install nydus-rs --version "$NYDUS_RS_VERSION" --locked \
+            --bin nydusd --bin nydus-image --root "$PEER_PREFIX" --force </dev/null >&2 || die "building nydusd (nydus-rs $NYDUS_RS_VERSION) failed"
+        echo "$NYDUS_RS_VERSION" >"$stamp"
+    fi
+    part nydusd "nydus-rs $NYDUS_RS_VERSION" "$nydusd"
+    part nydus-image "nydus-rs $NYDUS_RS_VERSION" "$PEER_PREFIX/bin/nydus-image"
+fi

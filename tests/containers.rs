@@ -601,6 +601,65 @@ fn fault_daemon_killed_during_cold_start_failover_shared() {
     fault_daemon_killed_during_cold_start_failover("fault_daemon_killed_during_cold_start_failover_shared", Options::shared());
 }
 
+/// The whole daemon (supervisor and worker) SIGKILLed at once during a container's cold start,
+/// with `recover_policy = "failover"`: no process of ours holds the fanotify group any more, the
+/// snapshotter's supervisor does (`sendfd`). The snapshotter sees the daemon die and starts a
+/// successor, which takes the group from the supervisor socket, re-adopts the mount and answers
+/// the readers that waited since the crash: the container finishes with the right output. Both
+/// processes are stopped before either is killed, so neither sees the other die.
+fn fault_whole_daemon_killed_during_cold_start_failover(test: &str, opts: Options) {
+    let Some(s) = nydus_stack(test, opts.recover("failover").with_front()) else { return };
+    let image = s.push_nydus_fixture("dir-zstd", "zstd");
+    s.nerdctl_ok(&["image", "pull", &image]);
+    let (cmd, want) = sha256sum_cmd();
+    let before = s.front().count();
+    s.front().set_always(Some(common::registry::Fault::Delay(Duration::from_millis(500))));
+    let out = std::thread::scope(|sc| {
+        let run = sc.spawn(|| {
+            let mut args = vec!["run", "--rm", "--net", "none", image.as_str()];
+            args.extend(cmd.iter().map(String::as_str));
+            s.nerdctl_timeout(&args, Duration::from_secs(180))
+        });
+        s.wait_for("the container's first blob reads", Duration::from_secs(60), || {
+            !s.daemon_pids().is_empty() && s.front().count() > before + 2
+        });
+        // The snapshotter has the group: sendfd answered after the mount.
+        s.wait_for("sendfd", Duration::from_secs(30), || s.erofsd_logs().iter().any(|(_, t)| t.contains("sendfd: the fanotify group")));
+        let pids = s.nydusd_pids();
+        for sig in [nix::sys::signal::Signal::SIGSTOP, nix::sys::signal::Signal::SIGKILL] {
+            for p in &pids {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
+            }
+        }
+        eprintln!("killed the whole daemon {pids:?} with {} registry requests made", s.front().count() - before);
+        s.front().set_always(None);
+        run.join().unwrap()
+    });
+    assert!(out.status.success(), "nerdctl run failed: {}\n{}\n{}", out.status, String::from_utf8_lossy(&out.stderr), s.diagnostics());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want, "container output after failover\n{}", s.diagnostics());
+    for (_, t) in s.erofsd_logs() {
+        for l in t.lines().filter(|l| l.contains("takeover") || l.contains("restart:") || l.contains("reopening") || l.contains("re-adopted")) {
+            eprintln!("{l}");
+        }
+    }
+    assert!(
+        s.erofsd_logs().iter().any(|(_, t)| t.contains("takeover: the fanotify group of a dead daemon")),
+        "the successor took the group over\n{}",
+        s.diagnostics()
+    );
+    assert_erofs_not_fuse(&s);
+}
+
+#[test]
+fn fault_whole_daemon_killed_during_cold_start_failover_dedicated() {
+    fault_whole_daemon_killed_during_cold_start_failover("fault_whole_daemon_killed_during_cold_start_failover_dedicated", Options::dedicated());
+}
+
+#[test]
+fn fault_whole_daemon_killed_during_cold_start_failover_shared() {
+    fault_whole_daemon_killed_during_cold_start_failover("fault_whole_daemon_killed_during_cold_start_failover_shared", Options::shared());
+}
+
 /// The registry killed while a container starts cold: its reads fail (the run fails, or the
 /// files it could not read are reported as errors) and never return wrong bytes; a container
 /// of another image, already read, keeps running and reading right; with the registry back,

@@ -154,6 +154,11 @@ impl FdStore {
         self.inherited.remove(name)
     }
 
+    /// Whether a previous daemon's fd under `name` is waiting to be taken.
+    pub fn holds(&self, name: &str) -> bool {
+        self.inherited.contains_key(name)
+    }
+
     /// Every fd parked by a previous daemon under a name starting with `prefix`.
     pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, OwnedFd)> {
         let names: Vec<String> = self.inherited.keys().filter(|n| n.starts_with(prefix)).cloned().collect();

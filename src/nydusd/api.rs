@@ -291,7 +291,7 @@ struct FuseMountBody {
 /// | GET | /api/v1/metrics/blobcache | 200 CacheMetrics |
 /// | PUT | /api/v1/config | 204 (accepted, logged) |
 /// | PUT | /api/v1/daemon/fuse/sendfd | 204: the fanotify group and the mount list to `--supervisor` |
-/// | PUT | /api/v1/daemon/fuse/takeover | 500: hot upgrade is not supported in this mode |
+/// | PUT | /api/v1/daemon/fuse/takeover | 204 in INIT (a failover successor, which took the group at start), else 500 |
 /// | PUT | /api/v1/daemon/start, /api/v1/daemon/exit | 204 |
 pub async fn handle_fuse(daemon: Arc<super::fuse::FuseDaemon>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let method = req.method().clone();
@@ -369,10 +369,15 @@ pub async fn handle_fuse(daemon: Arc<super::fuse::FuseDaemon>, req: Request<Inco
             Ok(()) => no_content(),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("sendfd: {e:#}")),
         },
-        (&Method::PUT, "/api/v1/daemon/fuse/takeover") => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "takeover: hot upgrade is not supported in fuse mode (erofsd's own supervisor restarts a killed worker in place)",
-        ),
+        // The group came back from the supervisor socket at start (fuse::take_over_group);
+        // takeover only moves the state on, as nydusd's does.
+        (&Method::PUT, "/api/v1/daemon/fuse/takeover") => match daemon.state.transition(&[State::Init], State::Ready) {
+            Ok(()) => no_content(),
+            Err(s) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("takeover: daemon is {}: nothing to take over (erofsd's supervisor restarts a killed worker in place; hot upgrade is not supported in fuse mode)", s.name()),
+            ),
+        },
         (&Method::PUT, p @ ("/api/v1/daemon/start" | "/api/v1/daemon/exit")) => start_or_exit(&daemon.state, &daemon.exit, p),
         (m, p) => error(StatusCode::NOT_FOUND, format!("NotFound: no endpoint {m} {p}")),
     };

@@ -275,7 +275,10 @@ impl FuseDaemon {
         let Some(sup) = self.opts.common.supervisor.clone() else { bail!("no --supervisor socket was given") };
         let state = self.failover_state();
         let fe = self.fanotify.clone();
-        tokio::task::spawn_blocking(move || super::failover::send(&sup, &state, fe.group_fd())).await?
+        let mounts = self.records.lock().expect("records").len();
+        tokio::task::spawn_blocking(move || super::failover::send(&sup, &state, fe.group_fd())).await??;
+        info!("sendfd: the fanotify group and {mounts} mount record(s) to the supervisor");
+        Ok(())
     }
 }
 
@@ -334,6 +337,7 @@ pub fn run(opts: Fuse) -> Result<()> {
             let rec = saved.iter().find(|r| r.mountpoint == m.mountpoint);
             load_with(images, &m.image, rec.and_then(|r| r.backend.as_ref()))
         };
+        let successor = take_over_group(&opts, &saved);
         let fanotify = FanotifyFrontend::start(&config, filler.clone(), Some(&loader))?;
         let daemon = Daemon::new(config, filler, fanotify.clone());
         // The mount list keeps only what the front-end re-adopted (a fresh group: nothing).
@@ -366,7 +370,9 @@ pub fn run(opts: Fuse) -> Result<()> {
         } else {
             std::fs::create_dir_all(&fd.opts.mountpoint).with_context(|| format!("creating {}", fd.opts.mountpoint.display()))?;
         }
-        fd.state.set(State::Running);
+        // A failover successor says INIT until the snapshotter's takeover and start, as nydusd
+        // does; it serves the re-adopted mounts from here on either way.
+        fd.state.set(if successor { State::Init } else { State::Running });
         // Parked only now: a worker that failed before this point failed to start (the
         // supervisor does not restart it in a loop over a bad socket path).
         if let Err(e) = crate::daemon::supervisor::fd_store().lock().expect("fd store").store(LISTENER_FD_NAME, std::os::fd::AsFd::as_fd(&listener)) {
@@ -411,6 +417,55 @@ pub fn run(opts: Fuse) -> Result<()> {
         Ok(())
     })
 }
+
+/// Failover after the whole daemon died (supervisor and worker at once, `recover_policy =
+/// "failover"`): nothing of ours holds the fanotify group any more, but the snapshotter does
+/// (`sendfd` gave it a copy), and its supervisor socket hands it to the daemon it starts next,
+/// before it sends `takeover`. When the kernel still has mounts this daemon recorded and no
+/// holder of ours gave the group back, fetch it from `--supervisor` (retrying for
+/// [`TAKEOVER_WAIT`]) and give it to the front-end as a restart's group: the mounts are
+/// re-adopted and their readers, waiting on the group since the crash, are answered. Returns
+/// whether the group came that way.
+fn take_over_group(opts: &Fuse, saved: &[MountRecord]) -> bool {
+    let Some(sock) = &opts.common.supervisor else { return false };
+    if crate::daemon::supervisor::fd_store().lock().expect("fd store").holds(fanotify::GROUP_FD_NAME) {
+        return false; // our own holder gave it back: a worker restart
+    }
+    let live: Vec<&MountRecord> = saved.iter().filter(|r| fanotify::sysmount::is_erofs_mount(&r.mountpoint)).collect();
+    if live.is_empty() {
+        return false;
+    }
+    let deadline = std::time::Instant::now() + TAKEOVER_WAIT;
+    let (_, group) = loop {
+        match super::failover::receive(sock) {
+            Ok(got) => break got,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!("takeover: {e:#}; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => {
+                warn!("takeover: {} mount(s) of a dead daemon remain, but the supervisor gave no group back: {e:#}; starting with a new group", live.len());
+                return false;
+            }
+        }
+    };
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&group))).unwrap_or_default();
+    if link.as_os_str() != "anon_inode:[fanotify]" {
+        warn!("takeover: the supervisor's fd is {}, not a fanotify group; starting with a new group", link.display());
+        return false;
+    }
+    let mut store = crate::daemon::supervisor::fd_store().lock().expect("fd store");
+    if let Err(e) = store.store(fanotify::GROUP_FD_NAME, std::os::fd::AsFd::as_fd(&group)) {
+        warn!("parking the taken-over fanotify group: {e}");
+    }
+    store.inherit(fanotify::GROUP_FD_NAME, group);
+    info!("takeover: the fanotify group of a dead daemon, from the supervisor {}, for {} live mount(s)", sock.display(), live.len());
+    true
+}
+
+/// How long a failover successor tries the snapshotter's supervisor socket (the snapshotter
+/// listens there for 10 s from just before it starts us).
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// The API listener: the one a killed predecessor parked (with the connections it had open),
 /// else a new one (parked once the worker is RUNNING).

@@ -132,6 +132,24 @@ impl Registry {
         Ok(cf)
     }
 
+    /// Opens blob `id`'s existing cache file for writing, mark and all: a write fd opened while
+    /// the file is marked raises an event for each write, which the listener allows as its
+    /// own ([`super::listener::Server`]). For a takeover, where no holder kept the quiet fd.
+    pub fn reopen(&self, id: &str, size: u64) -> Result<OwnedFd> {
+        let path = self.dir.join(id);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| format!("reopening cache file {}", path.display()))?;
+        let md = f.metadata()?;
+        if !md.is_file() || md.len() != size {
+            bail!("cache file {} is not a {size}-byte regular file", path.display());
+        }
+        Ok(f.into())
+    }
+
     /// Opens (creating if needed) the cache file for writing while it carries no mark.
     fn open_unmarked(&self, path: &Path, size: u64) -> Result<OwnedFd> {
         // A mark left by this group (a worker that died between marking and parking) would make

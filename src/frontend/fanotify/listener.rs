@@ -43,6 +43,8 @@ pub struct Server {
     pub journal: Arc<Journal>,
     pub metrics: Arc<Metrics>,
     pub rt: tokio::runtime::Handle,
+    /// This process's pid, as events report it (the thread group's).
+    pub own_pid: i32,
 }
 
 fn eio() -> Response {
@@ -63,43 +65,18 @@ impl Server {
         self.respond(fd.as_raw_fd(), eio());
     }
 
-    /// Answers the events a previous worker of this group took but did not answer: fill and
-    /// allow the journaled ones, then deny (EIO) any other pending fd number up to the sweep
-    /// limit (taken but not yet journaled when the worker died). Runs before any new read.
+    /// Answers the events a previous worker of this group took but did not answer. First every
+    /// pending fd number up to the sweep limit that the journal does not name is denied (EIO:
+    /// taken but not yet journaled when the worker died). Then each journaled event's fd number
+    /// is reserved in this process (a placeholder fd on that number) and the event is filled
+    /// and allowed in the background, while the event loop already reads: its fills may write
+    /// through write fds that raise events of their own (cache files reopened after a takeover),
+    /// which only the loop can answer. The reservation keeps a new event from being given the
+    /// number of a journaled one, whose answer would then go to the older event (the kernel
+    /// answers the first pending event with that number). A journaled number this process
+    /// already uses cannot be reserved: that event is denied (EIO), never allowed unfilled.
     pub fn replay(self: &Arc<Self>, left: Vec<Entry>, high_fd: i32) {
-        let mut known = HashSet::new();
-        let mut tasks = Vec::new();
-        for e in left {
-            known.insert(e.fd);
-            let id = hex::encode(e.blob);
-            let Some(cf) = self.registry.get(&id) else {
-                warn!("journaled event fd {} names blob {id}, which no mount uses: EIO", e.fd);
-                self.metrics.denied.fetch_add(1, Ordering::Relaxed);
-                self.respond(e.fd, eio());
-                continue;
-            };
-            let slot = self.journal.record(&e);
-            let this = self.clone();
-            tasks.push(self.rt.spawn(async move {
-                let r = this.filler.fill(&cf.target, e.offset, e.count).await;
-                let resp = match r {
-                    Ok(()) => Response::ALLOW,
-                    Err(err) => {
-                        warn!("replaying fd {}: {err}", e.fd);
-                        eio()
-                    }
-                };
-                this.respond(e.fd, resp);
-                if let Some(s) = slot {
-                    this.journal.clear(s);
-                }
-                this.metrics.replayed.fetch_add(1, Ordering::Relaxed);
-                this.after_fill(&cf);
-            }));
-        }
-        for t in tasks {
-            let _ = self.rt.block_on(t);
-        }
+        let known: HashSet<i32> = left.iter().map(|e| e.fd).collect();
         if high_fd >= 0 || !known.is_empty() {
             let limit = high_fd.max(0) + SWEEP_MARGIN;
             let mut orphans = 0u64;
@@ -109,7 +86,48 @@ impl Server {
                 }
             }
             self.metrics.orphans_denied.fetch_add(orphans, Ordering::Relaxed);
-            info!("restart: {} journaled event(s) answered, {orphans} unjournaled one(s) denied", known.len());
+            info!("restart: {} journaled event(s) to answer, {orphans} unjournaled one(s) denied", known.len());
+        }
+        let placeholder = match std::fs::File::open("/dev/null") {
+            Ok(f) => Some(f),
+            Err(e) => {
+                warn!("opening /dev/null for fd placeholders: {e}");
+                None
+            }
+        };
+        for e in left {
+            let Some(hold) = placeholder.as_ref().and_then(|p| reserve_fd_number(p, e.fd)) else {
+                warn!("journaled event fd {}: its number is in use here; EIO", e.fd);
+                self.metrics.denied.fetch_add(1, Ordering::Relaxed);
+                self.respond(e.fd, eio());
+                continue;
+            };
+            let id = hex::encode(e.blob);
+            let Some(cf) = self.registry.get(&id) else {
+                warn!("journaled event fd {} names blob {id}, which no mount uses: EIO", e.fd);
+                self.metrics.denied.fetch_add(1, Ordering::Relaxed);
+                self.respond(e.fd, eio());
+                continue;
+            };
+            let slot = self.journal.record(&e);
+            let this = self.clone();
+            self.rt.spawn(async move {
+                let r = this.filler.fill(&cf.target, e.offset, e.count).await;
+                let resp = match r {
+                    Ok(()) => Response::ALLOW,
+                    Err(err) => {
+                        warn!("replaying fd {}: {err}", e.fd);
+                        eio()
+                    }
+                };
+                this.respond(e.fd, resp);
+                drop(hold);
+                if let Some(s) = slot {
+                    this.journal.clear(s);
+                }
+                this.metrics.replayed.fetch_add(1, Ordering::Relaxed);
+                this.after_fill(&cf);
+            });
         }
     }
 
@@ -176,6 +194,13 @@ impl Server {
         if !ev.is_pre_access() {
             return self.deny(fd, &format!("unexpected event mask {:#x}", ev.mask));
         }
+        if ev.pid == self.own_pid {
+            // Our own write through a write fd opened after the mark (a takeover): never a
+            // reader, and only the fill that raised it waits on it.
+            self.metrics.own_allowed.fetch_add(1, Ordering::Relaxed);
+            self.respond(raw, Response::ALLOW);
+            return;
+        }
         let range = match ev.range {
             Ok(r) => r,
             Err(e) => return self.deny(fd, &e.to_string()),
@@ -234,4 +259,17 @@ impl Server {
             self.metrics.marks_removed.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Occupies fd number `n` in this process with a duplicate of `placeholder`, so no new fd (an
+/// event's) gets that number while the placeholder lives. `None` if `n` is already in use.
+fn reserve_fd_number(placeholder: &std::fs::File, n: i32) -> Option<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd (the lowest free one >= n) or -1.
+    let fd = unsafe { libc::fcntl(placeholder.as_raw_fd(), libc::F_DUPFD_CLOEXEC, n) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd was just created by fcntl and is ours.
+    let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    (fd == n).then_some(owned)
 }

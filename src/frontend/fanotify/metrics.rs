@@ -24,6 +24,9 @@ pub struct Metrics {
     pub replayed: AtomicU64,
     /// Unjournaled events of a previous worker found by the fd sweep and answered EIO.
     pub orphans_denied: AtomicU64,
+    /// Events raised by this process's own writes (a cache file reopened after a takeover:
+    /// its write fd notifies), answered ALLOW at once.
+    pub own_allowed: AtomicU64,
 }
 
 impl Metrics {
@@ -40,6 +43,7 @@ impl Metrics {
             "replayed": g(&self.replayed),
             "prefetches": g(&self.prefetches),
             "orphans_denied": g(&self.orphans_denied),
+            "own_allowed": g(&self.own_allowed),
         })
     }
 }

@@ -149,6 +149,7 @@ impl FanotifyFrontend {
             journal: Arc::new(journal),
             metrics: Arc::new(Metrics::default()),
             rt: tokio::runtime::Handle::current(),
+            own_pid: std::process::id() as i32,
         });
 
         // A restart re-adopts the mounts the kernel kept, before any event is read.
@@ -356,13 +357,16 @@ fn adopt(server: &Arc<Server>, images: &ImageStore, m: &SavedMount, loader: Opti
         bail!("image {} changed since it was mounted", m.image.display());
     }
     for blob in &image.blobs {
-        let parked = fd_store().lock().expect("fd store").take(&cache::park_name(&blob.id));
-        if parked.is_none() && server.registry.get(&blob.id).is_none() {
-            // Without the parked fd we would have to open the marked file: its writes would
-            // raise events we must answer ourselves. Refuse rather than risk a deadlock.
-            bail!("the write fd of blob {} was not handed back by the holder", blob.id);
+        let mut fd = fd_store().lock().expect("fd store").take(&cache::park_name(&blob.id));
+        if fd.is_none() && server.registry.get(&blob.id).is_none() {
+            // No holder kept its write fd (the group came back through a takeover): open the
+            // marked file again. Its writes raise events, which the listener answers at once
+            // as this process's own; removing the mark to open a quiet fd would let readers
+            // through to unfilled ranges meanwhile.
+            info!("blob {}: no parked write fd; reopening the marked cache file", blob.id);
+            fd = Some(server.registry.reopen(&blob.id, blob.size())?);
         }
-        server.registry.acquire(blob, parked)?;
+        server.registry.acquire(blob, fd)?;
     }
     let info = MountInfo {
         mountpoint: m.mountpoint.clone(),
