@@ -321,23 +321,10 @@ fn run_row(row: Row, img: &Image, work: &Path, rate: &str, rtt_ms: u64, trace: &
     };
     eprintln!("bench-containers: pushed {repo}:{tag} in {:.1} s", t0.elapsed().as_secs_f64());
     if row == Row::ErofsdTrace {
-        // The trace (c) recorded, into the cache dir of this stack's shared daemon (started
-        // with the snapshotter: `<root>/cache/erofsd/<hash of its api socket path>`), where
-        // erofsd looks for an image's trace when it mounts it.
+        // The trace (c) recorded, where every fuse-mode daemon of the snapshotter's cache work
+        // dir looks for an image's trace when it mounts it: `<root>/cache/erofsd/traces`.
         let t = trace.as_ref().unwrap();
-        let caches = s.snapshotter_root().join("cache/erofsd");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let daemon_dir = loop {
-            let dirs: Vec<PathBuf> = std::fs::read_dir(&caches).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-            if dirs.len() == 1 {
-                break dirs[0].clone();
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no single shared daemon cache dir under {}: {dirs:?}", caches.display()));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let dst = daemon_dir.join("state/trace").join(t.file_name().unwrap());
+        let dst = s.snapshotter_root().join("cache/erofsd/traces").join(t.file_name().unwrap());
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
         std::fs::copy(t, &dst).map_err(|e| format!("copying the trace to {}: {e}", dst.display()))?;
     }

@@ -13,6 +13,7 @@
 mod common;
 mod fanotify_harness;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::containers::{nydus_tree_sums, Options, Stack};
@@ -120,7 +121,10 @@ fn run_nydus_fixture(test: &str, fixture: &str, opts: Options) {
     run_sums(&s, &image);
     assert_erofs_not_fuse(&s);
     let (hex, size) = fixture_blob(fixture);
-    assert_fetched_fraction(&s, &hex, size, 0.6);
+    // A 4.8 MB blob: each miss also fetches the next 512 KiB of stored bytes (the
+    // neighbourhood, src/core/readahead.rs), a tenth of this blob, so the bound is loose here;
+    // on a real rootfs (run_converted_rootfs) python's start takes under a quarter.
+    assert_fetched_fraction(&s, &hex, size, 0.8);
     let id = run_detached(&s, &image);
     assert_lower_is_erofs(&s, &id);
 }
@@ -281,6 +285,32 @@ fn prune(s: &Stack) {
         s.wait_for("every daemon to exit after the prune", Duration::from_secs(30), || s.nydusd_pids().is_empty());
         s.wait_for("every erofs mount to go", Duration::from_secs(30), || !s.mount_types().iter().any(|t| t == "erofs"));
     }
+}
+
+/// A dedicated daemon's cache directory goes with it when its image is removed; the access trace
+/// it recorded stays in the work dir's `erofsd/traces`, and the image's next daemon (with
+/// `fs_prefetch.enable`) prefetches by it.
+#[test]
+fn trace_outlives_a_dedicated_daemon() {
+    let test = "trace_outlives_a_dedicated_daemon";
+    // Trace prefetch only: prefetching whole blobs would complete the fixture's blob at mount,
+    // and a complete blob's reads raise no events to trace.
+    let fs_prefetch = serde_json::json!({"fs_prefetch": {"enable": true, "threads_count": 2, "prefetch_all": false}});
+    let Some(s) = nydus_stack(test, Options { nydusd_config: Some(fs_prefetch), ..Options::dedicated() }) else { return };
+    let image = s.push_nydus_fixture("dir-zstd", "zstd");
+    run_sums(&s, &image);
+    s.nerdctl_ok(&["image", "rm", &image]);
+    s.wait_for("the daemon to exit", Duration::from_secs(30), || s.nydusd_pids().is_empty());
+    let work = s.snapshotter_root().join("cache/erofsd");
+    let left: Vec<String> = std::fs::read_dir(&work).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["traces"], "only the shared traces outlive the dedicated daemon\n{}", s.diagnostics());
+    let traces: Vec<PathBuf> = std::fs::read_dir(work.join("traces")).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(traces.len() == 1 && traces[0].extension().is_some_and(|x| x == "trace"), "one trace: {traces:?}");
+    run_sums(&s, &image);
+    s.wait_for("the new daemon's trace prefetch", Duration::from_secs(30), || {
+        s.erofsd_logs().iter().any(|(_, t)| t.contains("prefetch (Trace) of image"))
+    });
+    assert!(!s.erofsd_logs().iter().any(|(_, t)| t.contains("no access trace for image")), "the new daemon found the trace\n{}", s.diagnostics());
 }
 
 /// entrypoint.sh `pull_remove_one_image`: pull, remove; the snapshotter is left with no daemon
@@ -559,11 +589,23 @@ fn kill_serving_workers(s: &Stack) -> Vec<i32> {
 /// The serving daemon SIGKILLed during a container's cold start, with `recover_policy =
 /// "failover"`: the container finishes with the right output. (erofsd's supervisor restarts
 /// the worker in place, holding the fanotify group and the API connections meanwhile, so the
-/// snapshotter sees no death. Both processes killed at once is the case no process of ours
-/// covers: docs/nydus.md.) The registry answers slowly (500 ms a request) so the kill lands
-/// while the container is still reading.
+/// snapshotter sees no death; both processes killed at once: the next test.) The registry
+/// answers slowly (500 ms a request) so the kill lands while the container is still reading.
 fn fault_daemon_killed_during_cold_start_failover(test: &str, opts: Options) {
     let Some(s) = nydus_stack(test, opts.recover("failover").with_front()) else { return };
+    cold_start_through_a_kill(&s, |s| {
+        let daemons = s.daemon_pids();
+        let killed = kill_serving_workers(s);
+        eprintln!("killed serving workers {killed:?}");
+        assert_eq!(s.daemon_pids(), daemons, "the daemons the snapshotter started must live on");
+    });
+    assert_erofs_not_fuse(&s);
+}
+
+/// Runs `busybox sha256sum` over the fixture in a container started cold through a registry
+/// that answers slowly (500 ms a request), calls `kill` once the container has started reading
+/// (a blob range was asked), lifts the delay, and checks the container printed every sum right.
+fn cold_start_through_a_kill(s: &Stack, kill: impl FnOnce(&Stack)) {
     let image = s.push_nydus_fixture("dir-zstd", "zstd");
     s.nerdctl_ok(&["image", "pull", &image]);
     let (cmd, want) = sha256sum_cmd();
@@ -573,22 +615,18 @@ fn fault_daemon_killed_during_cold_start_failover(test: &str, opts: Options) {
         let run = sc.spawn(|| {
             let mut args = vec!["run", "--rm", "--net", "none", image.as_str()];
             args.extend(cmd.iter().map(String::as_str));
-            s.nerdctl_timeout(&args, Duration::from_secs(120))
+            s.nerdctl_timeout(&args, Duration::from_secs(180))
         });
-        // The daemon is up and the container has started reading (a blob range was asked).
         s.wait_for("the container's first blob reads", Duration::from_secs(60), || {
             !s.daemon_pids().is_empty() && s.front().count() > before + 2
         });
-        let daemons = s.daemon_pids();
-        let killed = kill_serving_workers(&s);
-        eprintln!("killed serving workers {killed:?} with {} registry requests made", s.front().count() - before);
-        assert_eq!(s.daemon_pids(), daemons, "the daemons the snapshotter started must live on");
+        kill(s);
+        eprintln!("killed with {} registry requests made", s.front().count() - before);
         s.front().set_always(None);
         run.join().unwrap()
     });
     assert!(out.status.success(), "nerdctl run failed: {}\n{}\n{}", out.status, String::from_utf8_lossy(&out.stderr), s.diagnostics());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), want, "container output after failover\n{}", s.diagnostics());
-    assert_erofs_not_fuse(&s);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want, "container output after the kill\n{}", s.diagnostics());
 }
 
 #[test]
@@ -609,20 +647,7 @@ fn fault_daemon_killed_during_cold_start_failover_shared() {
 /// processes are stopped before either is killed, so neither sees the other die.
 fn fault_whole_daemon_killed_during_cold_start_failover(test: &str, opts: Options) {
     let Some(s) = nydus_stack(test, opts.recover("failover").with_front()) else { return };
-    let image = s.push_nydus_fixture("dir-zstd", "zstd");
-    s.nerdctl_ok(&["image", "pull", &image]);
-    let (cmd, want) = sha256sum_cmd();
-    let before = s.front().count();
-    s.front().set_always(Some(common::registry::Fault::Delay(Duration::from_millis(500))));
-    let out = std::thread::scope(|sc| {
-        let run = sc.spawn(|| {
-            let mut args = vec!["run", "--rm", "--net", "none", image.as_str()];
-            args.extend(cmd.iter().map(String::as_str));
-            s.nerdctl_timeout(&args, Duration::from_secs(180))
-        });
-        s.wait_for("the container's first blob reads", Duration::from_secs(60), || {
-            !s.daemon_pids().is_empty() && s.front().count() > before + 2
-        });
+    cold_start_through_a_kill(&s, |s| {
         // The snapshotter has the group: sendfd answered after the mount.
         s.wait_for("sendfd", Duration::from_secs(30), || s.erofsd_logs().iter().any(|(_, t)| t.contains("sendfd: the fanotify group")));
         let pids = s.nydusd_pids();
@@ -631,12 +656,8 @@ fn fault_whole_daemon_killed_during_cold_start_failover(test: &str, opts: Option
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
             }
         }
-        eprintln!("killed the whole daemon {pids:?} with {} registry requests made", s.front().count() - before);
-        s.front().set_always(None);
-        run.join().unwrap()
+        eprintln!("killed the whole daemon {pids:?}");
     });
-    assert!(out.status.success(), "nerdctl run failed: {}\n{}\n{}", out.status, String::from_utf8_lossy(&out.stderr), s.diagnostics());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), want, "container output after failover\n{}", s.diagnostics());
     for (_, t) in s.erofsd_logs() {
         for l in t.lines().filter(|l| l.contains("takeover") || l.contains("restart:") || l.contains("reopening") || l.contains("re-adopted")) {
             eprintln!("{l}");

@@ -95,7 +95,7 @@ fn converted_image_mounted_by_reference_equals_the_unpacked_layers() {
     d.mount(Path::new(&reference), &mnt.0);
     drop_caches();
     assert_trees_equal(&expected, &mnt.0, &oci_opts());
-    assert_eq!(blobs_sum(&d, "stored_bytes"), 0, "nothing refetched after a restart");
+    assert_eq!(blobs_sum(&d, "stored_bytes"), 0, "nothing refetched after a restart\n{}\n{}", d.log_text(), serde_json::to_string(&d.metrics()).unwrap());
     assert_eq!(std::fs::metadata(pulled_dir.join("image.boot")).unwrap().modified().unwrap(), boot_mtime, "bootstrap reused");
     d.umount(&mnt.0);
 

@@ -92,6 +92,10 @@ pub struct PrefetchConfig {
     pub record_trace: bool,
     /// Seconds between periodic trace saves (0: only when the mount stops).
     pub trace_save_interval: u64,
+    /// Where image traces are kept, `<image id>.trace` (default: `<cache_dir>/state/trace`).
+    /// Daemons that each cache in a directory of their own but serve the same images (nydusd
+    /// fuse mode, one per image) share one, so a trace outlives the daemon that recorded it.
+    pub trace_dir: Option<PathBuf>,
 }
 
 impl Default for PrefetchConfig {
@@ -103,6 +107,7 @@ impl Default for PrefetchConfig {
             piece: ByteSize(1 << 20),
             record_trace: true,
             trace_save_interval: 30,
+            trace_dir: None,
         }
     }
 }
@@ -192,8 +197,12 @@ impl MountPrefetch {
         resolve: Resolve,
         on_filled: OnFilled,
     ) -> MountPrefetch {
-        let state_trace = cache_dir.filter(|_| config.record_trace).map(|d| state_trace_path(d, &image.id));
-        let base = load_base_trace(cache_dir.map(|d| state_trace_path(d, &image.id)).as_deref(), &image);
+        let trace_path = |d: &Path| match &config.trace_dir {
+            Some(t) => t.join(format!("{}.trace", image.id)),
+            None => state_trace_path(d, &image.id),
+        };
+        let state_trace = cache_dir.filter(|_| config.record_trace).map(trace_path);
+        let base = load_base_trace(cache_dir.map(trace_path).as_deref(), &image);
         let shared = Arc::new(Shared {
             targets: Mutex::new(vec![None; image.blobs.len()]),
             image,

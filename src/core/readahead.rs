@@ -176,9 +176,19 @@ impl Filler {
         while at < stop {
             let first = (at / gs) as usize;
             let last = ((at + piece).min(size).div_ceil(gs) as usize).saturating_sub(1);
-            let wanted = (first..=last).filter(|&g| !target.readiness().is_ready(g)).count() > 0;
+            // From a costly source a piece (one request's worth) may reach past the window: it
+            // starts only for a group inside the window, and what lies past it comes along.
+            let within = if overhead > 0 { last.min((stop.div_ceil(gs) as usize).saturating_sub(1)) } else { last };
             // Claim the piece for read-ahead once; on-demand fills are unaffected by the bits.
-            if wanted && state.requested.set_ready(first) {
+            // From a free source pieces have one size and the first group claims one; from a
+            // costly source each is one request's worth of stored bytes, so pieces of
+            // different requests overlap, and any group of the window not claimed yet does.
+            let claimed = if overhead > 0 {
+                (first..=within).filter(|&g| !target.readiness().is_ready(g)).fold(false, |won, g| state.requested.set_ready(g) | won)
+            } else {
+                (first..=within).any(|g| !target.readiness().is_ready(g)) && state.requested.set_ready(first)
+            };
+            if claimed {
                 for g in first + 1..=last {
                     state.requested.set_ready(g);
                 }

@@ -315,6 +315,9 @@ pub fn run(opts: Fuse) -> Result<()> {
         api_socket: opts.common.apisock.clone(),
         ..Config::default()
     };
+    // One trace per image for every daemon of this work dir: a dedicated daemon's own cache
+    // directory goes with it, and the next container of the image gets a new daemon.
+    config.prefetch.trace_dir = cache_dir.parent().map(|p| p.join("traces"));
     if let Some(c) = &nydusd_config {
         config.prefetch.mode = c.prefetch;
         config.prefetch.bandwidth = ByteSize(c.prefetch_bandwidth);
