@@ -605,6 +605,11 @@ mod read_ahead_tests {
         }
     }
 
+    /// The groups of `target` that are filled.
+    fn ready_groups(target: &Target) -> Vec<u32> {
+        (0..target.readiness().groups() as u32).filter(|&g| target.readiness().is_ready(g as usize)).collect()
+    }
+
     /// Waits for the background fills, then checks exactly groups 1 and 2 are filled.
     async fn expect_groups_1_and_2(target: &Target) {
         wait_ready(target, 2).await;
@@ -709,7 +714,7 @@ mod read_ahead_tests {
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 5 * GS, GS, || {}), 1, "group 15");
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 6 * GS, GS, || {}), 0, "all claimed");
         wait_ready(&target, 14).await;
-        let filled: Vec<u32> = (0..16).filter(|&g| target.readiness().is_ready(g as usize)).collect();
+        let filled = ready_groups(&target);
         assert_eq!(filled, [1, 2].into_iter().chain(4..16).collect::<Vec<u32>>(), "what read-ahead claimed, nothing else");
     }
 
@@ -735,7 +740,7 @@ mod read_ahead_tests {
         let held = filler.speculation_slots.clone().try_acquire_many_owned(SPECULATIONS as u32).unwrap();
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 13 * GS, 4096, || {}), 0);
         drop(held);
-        let filled: Vec<u32> = (0..16).filter(|&g| target.readiness().is_ready(g as usize)).collect();
+        let filled = ready_groups(&target);
         assert_eq!(filled, [1, 2, 9, 10], "the neighbourhoods of the misses, nothing else");
     }
 
@@ -755,7 +760,7 @@ mod read_ahead_tests {
         // Streak 0..4 groups: 2 groups ahead, 4..=5, in one piece.
         assert_eq!(filler.read_ahead(&rt, &target, &policy, 8192, 4 * GS - 8192, || {}), 1);
         wait_ready(&target, 6).await;
-        let filled: Vec<u32> = (0..16).filter(|&g| target.readiness().is_ready(g as usize)).collect();
+        let filled = ready_groups(&target);
         assert_eq!(filled, (0..6).collect::<Vec<u32>>());
     }
 }

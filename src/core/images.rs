@@ -18,14 +18,13 @@ use super::registry::RegistrySource;
 use super::source::{LocalDirSource, SharedSource};
 use crate::oci::pull::ImageSource;
 
-/// A loaded, validated image.
+/// A loaded, validated image. Its bootstrap's bytes are not kept: an image's metadata can be
+/// tens of MB (a Python stack's bootstrap: 31 MB), the fanotify door mounts the file itself,
+/// and the fscache door reads it once per bind ([`Image::read_bootstrap`]).
 pub struct Image {
     /// sha256 of the bootstrap, hex: a content-derived name (default fsid).
     pub id: String,
     pub bootstrap_path: PathBuf,
-    /// Bootstrap bytes are not kept: an image's metadata can be tens of MB (a Python stack's
-    /// bootstrap: 31 MB), the fanotify door mounts the file itself, and the fscache door reads
-    /// it once per bind ([`Image::read_bootstrap`]).
     /// Blob per device slot, in device-table order (slot k = device id k + 1).
     pub blobs: Vec<Arc<Blob>>,
 }

@@ -16,9 +16,12 @@
 //! large file reaches the full window after reading that much; a startup that touches many small
 //! neighbouring files, or a few pages of a library, gets little. Against a registry, fixed large
 //! windows tripled the bytes fetched for a `python3 -c 'import json'` startup
-//! (scripts/bench-registry.sh).
+//! (scripts/bench-registry.sh). From local blobs the full window applies at once: bytes are
+//! cheap there, and a cold sequential reader should not pay a ramp. A policy may also let the
+//! window from local blobs grow with the streak (`ramp`): fanotify does, since its reader pays
+//! an event round trip per read until the whole blob is filled and its mark removed.
 //!
-//! From such a source every miss, stream or not, also has its *neighbourhood* fetched: the
+//! From a costly source every miss, stream or not, also has its *neighbourhood* fetched: the
 //! groups after it worth one request's overhead in stored bytes, as one request beside the
 //! reader's own. A program's startup reads files in import order, not blob order, but mostly
 //! from the same package directories, which builders store together; each miss is a round trip
@@ -27,10 +30,8 @@
 //! ([`super::fill::SPECULATIONS`]), so speculative bytes never queue deep ahead of the ones
 //! readers wait for. On the container benchmark's Python stack (scripts/bench-containers.sh,
 //! 100 Mbit/s with 20 ms of round trip) this cut the start from 105–132 s to about 40 s, with
-//! 1.7x the bytes; docs/nydus.md, "Container start", has the figures and the trade-off. From local blobs the full window applies at once: bytes are
-//! cheap there, and a cold sequential reader should not pay a ramp. A policy may also let the
-//! window from local blobs grow with the streak (`ramp`): fanotify does, since its reader pays
-//! an event round trip per read until the whole blob is filled and its mark removed.
+//! 1.7x the bytes; docs/registry.md, "Benchmark: container start through nerdctl", has the
+//! figures and the trade-off.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -159,7 +160,7 @@ impl Filler {
         // A miss that starts no stream only speculates, and only while few speculations are in
         // flight: bytes fetched for a reader that may never come must not queue ahead of the
         // ones readers wait for.
-        let speculation = if miss && !stream {
+        let mut speculation = if miss && !stream {
             match self.speculation_slots.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => return 0,
@@ -206,9 +207,8 @@ impl Filler {
         // nearest piece still queued for this target (the reader needs it first), whichever
         // request queued it. An on-demand fill of a queued piece's group does not wait for the
         // queue: it claims the group itself, and the piece later finds it filled.
-        let cpu_slots = (target.blob.source.request_overhead() == 0).then(|| self.read_ahead_slots.clone());
+        let cpu_slots = (overhead == 0).then(|| self.read_ahead_slots.clone());
         state.queued.lock().expect("read-ahead queue").extend(pieces.into_iter().map(Reverse));
-        let mut speculation = speculation;
         for _ in 0..started {
             let (this, t, slots, done) = (self.clone(), target.clone(), cpu_slots.clone(), on_filled.clone());
             let held = speculation.take();
@@ -236,9 +236,7 @@ impl Filler {
     /// The uncompressed length, from group-aligned `at`, of the groups whose stored bytes add
     /// up to `overhead` (what one more request costs), at most `max_len`: fetched with a miss,
     /// they cost at most one request's worth of transfer, and a reader that goes on to them
-    /// saves a round trip.
-    /// Startups read files in the order their code imports them, not in blob order, but
-    /// mostly from the same package directories, which a builder stores together.
+    /// saves a round trip (module doc).
     fn neighbourhood(&self, target: &Target, at: u64, overhead: u64, max_len: u64) -> u64 {
         let map = &target.blob.map;
         let gs = map.group_size();
@@ -283,4 +281,3 @@ impl Filler {
         rt.spawn_blocking(move || source.will_need(&id, start, stop - start));
     }
 }
-

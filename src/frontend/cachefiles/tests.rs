@@ -104,8 +104,9 @@ async fn interior_holes_are_served_through_a_zero_extent() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/interior-holes");
     let (image, shared, peer) = serving(dir.path(), &fixture);
-    let want = erofs::holes::redirect_interior_holes(&image.read_bootstrap().unwrap()).unwrap().expect("the fixture has interior holes");
-    assert_ne!(want.bootstrap, image.read_bootstrap().unwrap());
+    let original = image.read_bootstrap().unwrap();
+    let want = erofs::holes::redirect_interior_holes(&original).unwrap().expect("the fixture has interior holes");
+    assert_ne!(want.bootstrap, original);
     let (handle, stop) = reader::spawn(shared.clone()).unwrap();
     let (boot_file, boot_fd) = anon_file(dir.path(), "boot");
     send(&peer, &build::open(1, 10, b"erofs,img1", b"img1", boot_fd));
@@ -138,11 +139,12 @@ async fn open_read_close_through_a_standin_device() {
     // Bootstrap OPEN: copen with the bootstrap size, then the whole bootstrap is written.
     let (boot_file, boot_fd) = anon_file(dir.path(), "boot");
     send(&peer, &build::open(1, 10, b"erofs,img1", b"img1", boot_fd));
-    assert_eq!(command(&peer), format!("copen 1,{}", image.read_bootstrap().unwrap().len()));
-    wait_for("bootstrap prefill", || boot_file.metadata().unwrap().len() >= image.read_bootstrap().unwrap().len() as u64);
-    let mut back = vec![0u8; image.read_bootstrap().unwrap().len()];
+    let bootstrap = image.read_bootstrap().unwrap();
+    assert_eq!(command(&peer), format!("copen 1,{}", bootstrap.len()));
+    wait_for("bootstrap prefill", || boot_file.metadata().unwrap().len() >= bootstrap.len() as u64);
+    let mut back = vec![0u8; bootstrap.len()];
     boot_file.read_exact_at(&mut back, 0).unwrap();
-    assert!(back == image.read_bootstrap().unwrap(), "bootstrap written whole");
+    assert!(back == bootstrap, "bootstrap written whole");
 
     // Blob OPEN, then a READ: the group holding the range lands in the file.
     let (blob_file, blob_fd) = anon_file(dir.path(), "blob");

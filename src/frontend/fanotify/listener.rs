@@ -88,13 +88,10 @@ impl Server {
             self.metrics.orphans_denied.fetch_add(orphans, Ordering::Relaxed);
             info!("restart: {} journaled event(s) to answer, {orphans} unjournaled one(s) denied", known.len());
         }
-        let placeholder = match std::fs::File::open("/dev/null") {
-            Ok(f) => Some(f),
-            Err(e) => {
-                warn!("opening /dev/null for fd placeholders: {e}");
-                None
-            }
-        };
+        if left.is_empty() {
+            return;
+        }
+        let placeholder = std::fs::File::open("/dev/null").map_err(|e| warn!("opening /dev/null for fd placeholders: {e}")).ok();
         for e in left {
             let Some(hold) = placeholder.as_ref().and_then(|p| reserve_fd_number(p, e.fd)) else {
                 warn!("journaled event fd {}: its number is in use here; EIO", e.fd);
